@@ -1,0 +1,168 @@
+"""Loading weights: HF directories (safetensors and .bin), hub ids, random sizes, and errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.attention import build_attention_metadata
+from model.config import NAMED_CONFIGS, named_config
+from model.weights import ModelLoadError, load_model, random_model, save_hf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny")
+    save_hf_checkpoint(random_model(named_config("tiny"), "cpu", torch.float32, seed=3), path)
+    return path
+
+
+def full_logits(model, token_ids: list[int]) -> torch.Tensor:  # [len, vocab]
+    metadata, positions = build_attention_metadata(
+        [[1, 2, 3]], [len(token_ids)], [len(token_ids)], 16
+    )
+    kv_cache = model.allocate_kv_cache(4, 16)
+    with torch.no_grad():
+        return model(torch.tensor(token_ids), positions, kv_cache, metadata)
+
+
+def test_random_model_is_seeded_and_sized() -> None:
+    a = random_model(named_config("tiny"), "cpu", torch.float32, seed=1)
+    b = load_model("random:tiny", seed=1)
+    c = load_model("random:tiny", seed=2)
+    for (name, pa), pb, pc in zip(
+        a.named_parameters(), b.parameters(), c.parameters(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+        if name.endswith("wte.weight"):
+            assert not torch.equal(pa, pc)
+    assert sum(p.numel() for p in a.parameters()) == named_config("tiny").num_parameters
+
+
+def test_named_sizes_match_gpt2_family() -> None:
+    assert NAMED_CONFIGS["gpt2"].num_parameters == 124_439_808
+    assert NAMED_CONFIGS["gpt2-xl"].n_head == 25
+    assert NAMED_CONFIGS["gpt2-medium"].n_layer == 24
+
+
+def test_unknown_random_size_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown model size 'gpt5'.*tiny, gpt2"):
+        load_model("random:gpt5")
+
+
+def test_our_checkpoint_loads_in_transformers_with_same_logits(saved_dir: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(saved_dir).eval()
+    ours = load_model(str(saved_dir))
+    tokens = [464, 2068, 7586, 21831, 18045, 625, 262]
+    with torch.no_grad():
+        expected = hf(torch.tensor([tokens])).logits[0]
+    torch.testing.assert_close(full_logits(ours, tokens), expected, atol=1e-4, rtol=0)
+
+
+def test_bin_checkpoint_without_prefix_and_with_buffers(saved_dir: Path, tmp_path: Path) -> None:
+    tensors = load_file(str(saved_dir / "model.safetensors"))
+    stripped = {name.removeprefix("transformer."): t for name, t in tensors.items()}
+    stripped["h.0.attn.bias"] = torch.tril(torch.ones(1, 1, 8, 8))
+    stripped["h.0.attn.masked_bias"] = torch.tensor(-1e4)
+    stripped["lm_head.weight"] = tensors["transformer.wte.weight"]
+    torch.save(stripped, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
+    tokens = [1, 2, 3, 4, 5]
+    torch.testing.assert_close(
+        full_logits(load_model(str(tmp_path)), tokens),
+        full_logits(load_model(str(saved_dir)), tokens),
+        atol=0,
+        rtol=0,
+    )
+
+
+def test_loads_in_half_precision(saved_dir: Path) -> None:
+    model = load_model(str(saved_dir), dtype=torch.bfloat16)
+    assert model.transformer.wte.weight.dtype == torch.bfloat16
+    assert full_logits(model, [1, 2, 3]).dtype == torch.float32
+
+
+def test_missing_weights_file(tmp_path: Path, saved_dir: Path) -> None:
+    (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
+    with pytest.raises(
+        ModelLoadError, match="no weights in .*model.safetensors or pytorch_model.bin"
+    ):
+        load_model(str(tmp_path))
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="config.json is missing"):
+        load_model(str(tmp_path))
+
+
+def test_missing_directory() -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model("./no/such/model/dir")
+
+
+def test_corrupt_weights_file_names_the_file(tmp_path: Path, saved_dir: Path) -> None:
+    (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(ModelLoadError, match="model.safetensors"):
+        load_model(str(tmp_path))
+
+
+def test_wrong_shape_names_the_tensor(tmp_path: Path, saved_dir: Path) -> None:
+    tensors = load_file(str(saved_dir / "model.safetensors"))
+    tensors["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(64, 100)
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match=r"h\.1\.mlp\.c_fc\.weight.*\(64, 100\)"):
+        load_model(str(tmp_path))
+
+
+def test_missing_tensor_is_named(tmp_path: Path, saved_dir: Path) -> None:
+    tensors = load_file(str(saved_dir / "model.safetensors"))
+    del tensors["transformer.ln_f.bias"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
+    with pytest.raises(ModelLoadError, match="missing tensors: transformer.ln_f.bias"):
+        load_model(str(tmp_path))
+
+
+def test_unsupported_config(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelLoadError, match="model_type 'llama' is not supported"):
+        load_model(str(tmp_path))
+
+
+def test_offline_hub_id_without_cache_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelLoadError, match="not in the local HF cache"):
+        load_model("openai-community/gpt2")
+
+
+def test_offline_hub_id_loads_from_hf_cache(
+    tmp_path: Path, saved_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The layout huggingface_hub writes: refs/main names the snapshot holding the files.
+    repo_cache = tmp_path / "models--someone--tiny-gpt2"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo_cache / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(revision)
+    for name in ("config.json", "model.safetensors"):
+        (snapshot / name).write_bytes((saved_dir / name).read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    model = load_model("someone/tiny-gpt2")
+    tokens = [5, 6, 7]
+    torch.testing.assert_close(
+        full_logits(model, tokens), full_logits(load_model(str(saved_dir)), tokens)
+    )
