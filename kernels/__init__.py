@@ -8,7 +8,7 @@ import torch
 
 from kernels import reference
 
-__all__ = ["paged_attention", "triton_enabled", "write_kv_cache"]
+__all__ = ["paged_attention", "sample", "triton_enabled", "write_kv_cache"]
 
 
 def triton_enabled(device: torch.device | str) -> bool:
@@ -30,3 +30,4 @@ def _triton_importable() -> bool:
 
 write_kv_cache = reference.write_kv_cache
 paged_attention = reference.paged_attention
+sample = reference.sample
