@@ -209,7 +209,8 @@ def sample(
     vocab = logits.shape[-1]
     greedy = temperature <= 0  # [num_seqs]
     safe_temp = torch.where(greedy, torch.ones_like(temperature), temperature)
-    probs = torch.softmax(logits.float() / safe_temp[:, None], dim=-1)  # [num_seqs, vocab]
+    scaled = sanitize_logits(logits.float() / safe_temp[:, None])  # [num_seqs, vocab]
+    probs = torch.softmax(scaled, dim=-1)  # [num_seqs, vocab]
     keep = probs >= _top_k_threshold(probs, top_k)[:, None]
     keep &= probs >= _top_p_threshold(probs, top_p)[:, None]
     max_prob = probs.max(dim=-1, keepdim=True).values  # [num_seqs, 1]
@@ -220,7 +221,17 @@ def sample(
     drawn = torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=vocab - 1)
     # A draw can land on a zero-probability id only through rounding at the top end.
     drawn = torch.where(keep.gather(1, drawn[:, None]).squeeze(1), drawn, kept.argmax(dim=-1))
-    return torch.where(greedy, logits.argmax(dim=-1), drawn)
+    return torch.where(greedy, scaled.argmax(dim=-1), drawn)
+
+
+def sanitize_logits(logits: torch.Tensor) -> torch.Tensor:  # [num_seqs, vocab]
+    """NaN -> -inf and +inf -> the largest float, so softmax stays a distribution.
+
+    Extreme but valid parameters (a repetition penalty of 1e-300, say) overflow to inf;
+    a request must then still get a token, not take the engine down.
+    """
+    largest = torch.finfo(logits.dtype).max
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=largest)
 
 
 def _top_k_threshold(
@@ -242,7 +253,7 @@ def _top_p_threshold(
     sorted_probs = probs.sort(dim=-1, descending=True).values  # [num_seqs, vocab]
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # [num_seqs, vocab]
     inside = mass_before < top_p[:, None]  # the first token is always inside
-    last_inside = inside.sum(dim=-1) - 1  # [num_seqs]
+    last_inside = (inside.sum(dim=-1) - 1).clamp(min=0)  # [num_seqs]
     threshold = sorted_probs.gather(1, last_inside[:, None]).squeeze(1)
     return torch.where(top_p >= 1.0, torch.zeros_like(threshold), threshold)
 

@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.config import named_config
+from model.gpt2 import GPT2LMHeadModel
+from model.tokenizer import Tokenizer
+from model.weights import random_model
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 
@@ -18,6 +23,20 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> Tokenizer:
+    return Tokenizer.from_tiktoken()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> GPT2LMHeadModel:
+    model = random_model(named_config("tiny"), "cpu", torch.float32, seed=11)
+    # Wider logits than GPT-2's init: greedy choices stay far from float-rounding ties.
+    with torch.no_grad():
+        model.transformer.wte.weight.mul_(8.0)
+    return model
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

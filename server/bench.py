@@ -1,0 +1,176 @@
+"""Offline throughput benchmark: the engine without HTTP, optionally beside HF transformers.
+
+python -m server.bench --model random:gpt2 --num-prompts 16 --input-len 128 --output-len 128 --hf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from model.tokenizer import Tokenizer
+from model.weights import load_model, save_hf_checkpoint
+from server.builder import resolve_device, resolve_dtype
+from server.engine import Engine, EngineLimits
+from server.request import SamplingParams
+
+
+@dataclass
+class BenchResult:
+    """One system's numbers on the workload."""
+
+    system: str
+    seconds: float
+    generated_tokens: int
+    tokens_per_second: float
+    batch1_ms_per_step: float
+
+
+def random_prompts(num: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    """Token-id prompts of fixed length (fixed so HF needs no padding)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab - 1, (num, length), generator=gen).tolist()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_engine(engine: Engine, prompts: list[list[int]], output_len: int) -> tuple[float, int]:
+    """Seconds and generated tokens to finish every prompt, all submitted at once."""
+    params = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
+    device = engine.runner.device
+    _sync(device)
+    start = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"bench-{i}-{start}", prompt, params)
+    generated = 0
+    while engine.has_unfinished_requests():
+        generated += sum(len(o.token_ids) for o in engine.step())
+    _sync(device)
+    return time.perf_counter() - start, generated
+
+
+def engine_batch1_ms(engine: Engine, prompt: list[int], steps: int) -> float:
+    """Mean decode step time of a lone request (prefill excluded)."""
+    params = SamplingParams(max_tokens=steps + 1, temperature=0.0, ignore_eos=True)
+    engine.add_request(f"batch1-{time.perf_counter()}", prompt, params)
+    engine.step()  # prefill + first token
+    _sync(engine.runner.device)
+    start = time.perf_counter()
+    num_steps = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        num_steps += 1
+    _sync(engine.runner.device)
+    return (time.perf_counter() - start) * 1000 / max(1, num_steps)
+
+
+def bench_engine(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[BenchResult, object]:
+    """Run the workload through our engine (one warm-up pass first)."""
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    model = load_model(args.model, device, dtype)
+    limits = EngineLimits(
+        num_blocks=args.num_kv_blocks,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+    )
+    engine = Engine(model, Tokenizer.from_tiktoken(), limits)
+    run_engine(engine, prompts[: min(4, len(prompts))], 4)  # warm-up
+    seconds, generated = run_engine(engine, prompts, args.output_len)
+    batch1 = engine_batch1_ms(engine, prompts[0], args.batch1_steps)
+    return BenchResult("gpt2serve", seconds, generated, generated / seconds, batch1), model
+
+
+def bench_hf(model, args: argparse.Namespace, prompts: list[list[int]]) -> BenchResult:
+    """The same workload through `transformers` generate (eager, dynamic cache)."""
+    import transformers
+
+    device = model.transformer.wte.weight.device
+    with tempfile.TemporaryDirectory() as tmp:
+        save_hf_checkpoint(model, Path(tmp))
+        hf = transformers.GPT2LMHeadModel.from_pretrained(
+            tmp, torch_dtype=model.transformer.wte.weight.dtype
+        )
+    hf = hf.to(device).eval()
+    inputs = torch.tensor(prompts, device=device)
+    kwargs = {"do_sample": False, "pad_token_id": 50256}
+    with torch.no_grad():
+        hf.generate(inputs[:1], max_new_tokens=2, min_new_tokens=2, **kwargs)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        hf.generate(
+            inputs, max_new_tokens=args.output_len, min_new_tokens=args.output_len, **kwargs
+        )
+        _sync(device)
+        seconds = time.perf_counter() - start
+        steps = args.batch1_steps
+        timings = []
+        for new in (1, steps + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            hf.generate(inputs[:1], max_new_tokens=new, min_new_tokens=new, **kwargs)
+            _sync(device)
+            timings.append(time.perf_counter() - t0)
+    generated = len(prompts) * args.output_len
+    batch1 = (timings[1] - timings[0]) * 1000 / steps
+    return BenchResult("hf-transformers (eager)", seconds, generated, generated / seconds, batch1)
+
+
+def format_table(results: list[BenchResult]) -> str:
+    """A markdown table with throughput ratios against the first row."""
+    base = results[0]
+    lines = [
+        "| system | seconds | generated tokens | tok/s | batch-1 ms/step | gpt2serve speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = base.tokens_per_second / r.tokens_per_second
+        lines.append(
+            f"| {r.system} | {r.seconds:.2f} | {r.generated_tokens} | {r.tokens_per_second:.1f} "
+            f"| {r.batch1_ms_per_step:.2f} | {ratio:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, run the benchmark, print a table (and JSON with --json)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="random:gpt2")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--num-prompts", type=int, default=16)
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--batch1-steps", type=int, default=32)
+    parser.add_argument("--max-num-seqs", type=int, default=256)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=4096)
+    parser.add_argument("--num-kv-blocks", type=int, default=4096)
+    parser.add_argument("--hf", action="store_true", help="also run HF transformers generate")
+    parser.add_argument("--json", type=Path, help="write results here")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    prompts = random_prompts(args.num_prompts, args.input_len, 50257)
+    ours, model = bench_engine(args, prompts)
+    results = [ours]
+    if args.hf:
+        results.append(bench_hf(model, args, prompts))
+    print(
+        f"workload: {args.num_prompts} prompts x ({args.input_len} in, {args.output_len} out), "
+        f"model {args.model}, device {resolve_device(args.device)}"
+    )
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+
+
+if __name__ == "__main__":
+    main()

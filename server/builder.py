@@ -1,0 +1,75 @@
+"""Build the engine a `ServerSettings` describes: device, dtype, model, tokenizer, KV cache."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from model.tokenizer import Tokenizer
+from model.weights import RANDOM_PREFIX, load_model, resolve_model_dir
+from server.config import ServerSettings
+from server.engine import Engine, EngineLimits
+from server.model_runner import determine_num_blocks
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(setting: str) -> torch.device:
+    """`auto` picks CUDA when available."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {setting} requested but CUDA is not available")
+    return device
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """`auto` is float16 on CUDA (GPT-2's activations fit fp16) and float32 on CPU."""
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return _DTYPES[setting]
+
+
+def load_tokenizer(model_spec: str) -> Tokenizer:
+    """The model directory's vocab.json + merges.txt when present, else tiktoken's GPT-2."""
+    if model_spec.startswith(RANDOM_PREFIX):
+        return Tokenizer.from_tiktoken()
+    return Tokenizer.for_model_dir(resolve_model_dir(model_spec))
+
+
+def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
+    """Load everything and size the KV cache; logs what was loaded."""
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    started = time.monotonic()
+    model = load_model(settings.model, device, dtype, seed=settings.seed)
+    tokenizer = load_tokenizer(settings.model)
+    config = model.config
+    logger.info(
+        "loaded %s (%d layers, %d wide, %.0fM parameters) on %s as %s in %.1fs",
+        settings.model, config.n_layer, config.n_embd, config.num_parameters / 1e6,
+        device, str(dtype).removeprefix("torch."), time.monotonic() - started,
+    )  # fmt: skip
+    num_blocks = determine_num_blocks(
+        model, settings.block_size, settings.num_kv_blocks, settings.kv_cache_gb,
+        settings.gpu_memory_utilization,
+    )  # fmt: skip
+    limits = EngineLimits(
+        block_size=settings.block_size,
+        num_blocks=num_blocks,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_model_len=settings.max_model_len or config.n_positions,
+        enable_prefix_caching=settings.enable_prefix_caching,
+    )
+    engine = Engine(model, tokenizer, limits)
+    logger.info(
+        "KV cache: %d blocks of %d tokens = %d tokens", num_blocks - 1, settings.block_size,
+        (num_blocks - 1) * settings.block_size,
+    )  # fmt: skip
+    return engine, tokenizer

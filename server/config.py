@@ -1,0 +1,49 @@
+"""One settings object for the whole server: CLI flags and `GPT2SERVE_*` environment variables."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    """Every knob of gpt2serve; each field is also the env var `GPT2SERVE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="GPT2SERVE_", extra="ignore")
+
+    model: str = Field("gpt2", description="hub id, HF checkpoint directory, or random:<size>")
+    served_model_name: str | None = Field(None, description="name reported by the API")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    seed: int = Field(0, description="seed for random:<size> weights")
+    block_size: int = Field(16, ge=1, le=256)
+    num_kv_blocks: int | None = Field(None, ge=2, description="KV blocks; overrides the sizing")
+    kv_cache_gb: float = Field(2.0, gt=0, description="KV cache size on CPU, in GiB")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(2048, ge=16)
+    max_model_len: int | None = Field(None, ge=2, description="default: the model's n_positions")
+    max_waiting_requests: int = Field(1024, ge=1)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(False, description="disable CUDA graphs")
+    api_key: str | None = None
+    chat_template: str | None = Field(None, description="Jinja2 chat template file")
+    max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    shutdown_timeout: float = Field(30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu") and not value.startswith("cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {value!r}")
+        return value
+
+    @property
+    def model_name(self) -> str:
+        """The name clients use in the `model` field."""
+        return self.served_model_name or self.model

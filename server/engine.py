@@ -1,0 +1,212 @@
+"""The synchronous engine: admit requests, step the model, produce per-choice output deltas."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from model.gpt2 import GPT2LMHeadModel
+from model.tokenizer import Tokenizer
+from server.block_manager import BlockManager
+from server.model_runner import ModelRunner
+from server.output_processor import ChoiceText
+from server.request import Request, RequestOutput, RequestStatus, SamplingParams
+from server.sampler import TokenLogprobs
+from server.scheduler import Scheduler, SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidRequestError(ValueError):
+    """A request the engine can never serve; `param` names the offending field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class EngineLimits:
+    """Capacity settings of the engine."""
+
+    block_size: int = 16
+    num_blocks: int = 1024
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 1024
+    enable_prefix_caching: bool = True
+
+
+@dataclass
+class _Choice:
+    """Engine-side state of one of a request's `n` choices."""
+
+    parent_id: str
+    index: int
+    text: ChoiceText
+    arrival_time: float
+    queued: bool = True
+
+
+class Engine:
+    """Continuous batching over one model: `add_request`, `abort_request`, `step`."""
+
+    def __init__(self, model: GPT2LMHeadModel, tokenizer: Tokenizer, limits: EngineLimits) -> None:
+        if limits.max_model_len > model.config.n_positions:
+            raise ValueError(
+                f"max_model_len {limits.max_model_len} exceeds the model's "
+                f"{model.config.n_positions} positions"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.block_manager = BlockManager(
+            limits.num_blocks, limits.block_size, limits.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager,
+            max_num_seqs=limits.max_num_seqs,
+            max_num_batched_tokens=limits.max_num_batched_tokens,
+            max_model_len=limits.max_model_len,
+        )
+        self.runner = ModelRunner(model, limits.num_blocks, limits.block_size)
+        self._choices: dict[str, _Choice] = {}
+        self._children: dict[str, list[str]] = {}
+        self.last_num_batched_tokens = 0
+        # Seconds each choice waited before its first scheduling; drained by the metrics hook.
+        self.queue_times: list[float] = []
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise `InvalidRequestError` for a request that could never be served."""
+        vocab = self.model.config.vocab_size
+        if not prompt_token_ids:
+            raise InvalidRequestError("prompt must contain at least one token", "prompt")
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", "prompt")
+        for name, ids in (
+            ("logit_bias", params.logit_bias),
+            ("stop_token_ids", params.stop_token_ids),
+        ):
+            if any(not 0 <= int(t) < vocab for t in ids):
+                raise InvalidRequestError(f"{name} token ids must be in [0, {vocab})", name)
+        total = len(prompt_token_ids) + params.max_tokens
+        if total > self.limits.max_model_len:
+            raise InvalidRequestError(
+                f"this model's maximum context length is {self.limits.max_model_len} tokens, "
+                f"but {len(prompt_token_ids)} prompt tokens + {params.max_tokens} max_tokens "
+                f"= {total} were requested; shorten the prompt or lower max_tokens",
+                "max_tokens",
+            )
+        capacity = self.block_manager.num_usable_blocks * self.limits.block_size
+        if total > capacity:
+            raise InvalidRequestError(
+                f"{total} tokens do not fit the whole KV cache ({capacity} tokens)", "max_tokens"
+            )
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request as `params.n` independent choices sharing the prompt's blocks."""
+        if request_id in self._children:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        self.validate(prompt_token_ids, params)
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        child_ids = []
+        for index in range(params.n):
+            # Siblings must differ, and a seeded request must still reproduce: seed + index.
+            seed = random.getrandbits(62) if params.seed is None else params.seed + index
+            child_params = dataclasses.replace(params, seed=seed)
+            child_id = request_id if params.n == 1 else f"{request_id}#{index}"
+            request = Request(
+                child_id,
+                list(prompt_token_ids),
+                child_params,
+                arrival_time=arrival,
+                eos_token_id=self.tokenizer.eos_token_id,
+                max_model_len=self.limits.max_model_len,
+            )
+            self._choices[child_id] = _Choice(
+                request_id,
+                index,
+                ChoiceText(self.tokenizer, params.stop, params.min_tokens),
+                arrival,
+            )
+            self.scheduler.add_request(request)
+            child_ids.append(child_id)
+        self._children[request_id] = child_ids
+
+    def abort_request(self, request_id: str) -> None:
+        """Drop a request (all its choices) wherever it is; its blocks are freed now."""
+        for child_id in self._children.pop(request_id, []):
+            self.scheduler.abort_request(child_id)
+            self._choices.pop(child_id, None)
+
+    def has_unfinished_requests(self) -> bool:
+        """Whether any request is waiting or running."""
+        return self.scheduler.has_unfinished_requests()
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, and turn the new tokens into output deltas."""
+        scheduler_output = self.scheduler.schedule()
+        if scheduler_output.is_empty:
+            return []
+        self._note_scheduled(scheduler_output)
+        runner_output = self.runner.execute(scheduler_output)
+        logprobs_by_id = {
+            s.request.request_id: lp
+            for s, lp in zip(
+                scheduler_output.sampling_requests, runner_output.logprobs, strict=True
+            )
+        }
+        updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
+        return [self._make_output(r, logprobs_by_id.get(r.request_id)) for r in updated]
+
+    def _note_scheduled(self, scheduler_output: SchedulerOutput) -> None:
+        self.last_num_batched_tokens = scheduler_output.num_batched_tokens
+        now = time.monotonic()
+        for scheduled in scheduler_output.scheduled:
+            choice = self._choices.get(scheduled.request.request_id)
+            if choice is not None and choice.queued:
+                choice.queued = False
+                self.queue_times.append(now - choice.arrival_time)
+
+    def _make_output(self, request: Request, logprobs: TokenLogprobs | None) -> RequestOutput:
+        choice = self._choices[request.request_id]
+        token_id = request.output_token_ids[-1]
+        delta = choice.text.add_token(token_id)
+        text = delta.text
+        if delta.stop_string is not None and not request.is_finished:
+            request.stop_reason = delta.stop_string
+            self.scheduler.finish_request(request.request_id, RequestStatus.FINISHED_STOPPED)
+        elif delta.stop_string is not None:
+            request.status = RequestStatus.FINISHED_STOPPED
+            request.stop_reason = delta.stop_string
+        elif request.is_finished:
+            text += choice.text.finish()
+        if request.is_finished:
+            self._forget(request.request_id, choice.parent_id)
+        return RequestOutput(
+            request_id=choice.parent_id,
+            index=choice.index,
+            text=text,
+            token_ids=[token_id],
+            finished=request.is_finished,
+            finish_reason=request.finish_reason,
+            stop_reason=request.stop_reason,
+            num_prompt_tokens=request.num_prompt_tokens,
+            num_output_tokens=request.num_output_tokens,
+            logprobs=[logprobs] if logprobs is not None else None,
+        )
+
+    def _forget(self, child_id: str, parent_id: str) -> None:
+        self._choices.pop(child_id, None)
+        siblings = self._children.get(parent_id)
+        if siblings is not None and all(c not in self._choices for c in siblings):
+            del self._children[parent_id]

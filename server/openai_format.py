@@ -1,0 +1,84 @@
+"""Building OpenAI response pieces: token strings, logprobs in both shapes, usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model.tokenizer import Tokenizer
+from server.sampler import TokenLogprobs
+
+
+def token_string(tokenizer: Tokenizer, token_id: int) -> str:
+    """A token's text, or `bytes:\\xNN` for a token that is not whole UTF-8 (as OpenAI)."""
+    raw = tokenizer.token_bytes(token_id)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+class LegacyLogprobs:
+    """Accumulates the completions API's `logprobs` object for one choice."""
+
+    def __init__(self, tokenizer: Tokenizer, text_offset: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.offset = text_offset
+        self.tokens: list[str] = []
+        self.token_logprobs: list[float | None] = []
+        self.top_logprobs: list[dict[str, float] | None] = []
+        self.text_offset: list[int] = []
+
+    def add(self, entry: TokenLogprobs) -> None:
+        """Append one generated token."""
+        text = token_string(self.tokenizer, entry.token_id)
+        self.tokens.append(text)
+        self.token_logprobs.append(entry.logprob)
+        top = {token_string(self.tokenizer, t): lp for t, lp in entry.top}
+        self.top_logprobs.append(top)
+        self.text_offset.append(self.offset)
+        self.offset += len(self.tokenizer.decode([entry.token_id]))
+
+    def take(self) -> dict[str, Any]:
+        """The object for what was added since the last `take` (streaming) or all of it."""
+        result = {
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+        }
+        self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
+        return result
+
+
+def chat_logprob_entries(
+    tokenizer: Tokenizer, entries: list[TokenLogprobs]
+) -> list[dict[str, Any]]:
+    """The chat API's `logprobs.content` items."""
+    result = []
+    for entry in entries:
+        top = [
+            {
+                "token": token_string(tokenizer, t),
+                "logprob": lp,
+                "bytes": list(tokenizer.token_bytes(t)),
+            }
+            for t, lp in entry.top
+        ]
+        result.append(
+            {
+                "token": token_string(tokenizer, entry.token_id),
+                "logprob": entry.logprob,
+                "bytes": list(tokenizer.token_bytes(entry.token_id)),
+                "top_logprobs": top,
+            }
+        )
+    return result
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """The `usage` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

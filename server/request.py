@@ -1,0 +1,268 @@
+"""Requests and their sampling parameters: pure bookkeeping, free of torch and FastAPI."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+MAX_N = 16
+MAX_LOGPROBS = 20
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_LEN = 256
+MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 1024
+
+
+class SamplingParamsError(ValueError):
+    """An invalid sampling parameter; `param` names the field."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _check(ok: bool, param: str, message: str) -> None:
+    if not ok:
+        raise SamplingParamsError(param, message)
+
+
+def _check_range(param: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+    _check(
+        isinstance(value, (int, float)) and math.isfinite(value),
+        param,
+        f"{param} must be a finite number",
+    )
+    inside = (low < value if low_open else low <= value) and value <= high
+    bracket = "(" if low_open else "["
+    _check(inside, param, f"{param} must be in {bracket}{low}, {high}], got {value}")
+
+
+@dataclass
+class SamplingParams:
+    """How to generate: limits, stop conditions and the sampling controls, validated."""
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+    n: int = 1
+    logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.top_k == -1:
+            self.top_k = 0
+        self._validate_lengths()
+        _check_range("temperature", self.temperature, 0.0, 2.0)
+        _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        _check(
+            isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "top_k must be -1, 0 or >= 1"
+        )
+        _check_range("min_p", self.min_p, 0.0, 1.0)
+        _check_range("repetition_penalty", self.repetition_penalty, 0.0, 2.0, low_open=True)
+        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        self._validate_stops()
+        self._validate_sampling_extras()
+
+    def _validate_lengths(self) -> None:
+        _check(
+            isinstance(self.max_tokens, int) and self.max_tokens >= 1,
+            "max_tokens",
+            "max_tokens must be >= 1",
+        )
+        _check(
+            isinstance(self.min_tokens, int) and self.min_tokens >= 0,
+            "min_tokens",
+            "min_tokens must be >= 0",
+        )
+        _check(
+            self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+        )
+        _check(1 <= self.n <= MAX_N, "n", f"n must be in [1, {MAX_N}], got {self.n}")
+
+    def _validate_stops(self) -> None:
+        _check(
+            len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings"
+        )
+        for stop in self.stop:
+            _check(isinstance(stop, str) and stop != "", "stop", "stop strings must be non-empty")
+            _check(
+                len(stop) <= MAX_STOP_STRING_LEN,
+                "stop",
+                f"stop strings are limited to {MAX_STOP_STRING_LEN} characters",
+            )
+        _check(
+            len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS,
+            "stop_token_ids",
+            f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids",
+        )
+        _check(
+            all(t >= 0 for t in self.stop_token_ids),
+            "stop_token_ids",
+            "stop_token_ids must be >= 0",
+        )
+
+    def _validate_sampling_extras(self) -> None:
+        _check(
+            self.no_repeat_ngram_size >= 0,
+            "no_repeat_ngram_size",
+            "no_repeat_ngram_size must be >= 0",
+        )
+        _check(self.seed is None or 0 <= self.seed < 2**63, "seed", "seed must be in [0, 2**63)")
+        _check(
+            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            "logprobs",
+            f"logprobs must be in [0, {MAX_LOGPROBS}]",
+        )
+        _check(
+            len(self.logit_bias) <= MAX_LOGIT_BIAS,
+            "logit_bias",
+            f"logit_bias may hold at most {MAX_LOGIT_BIAS} entries",
+        )
+        for token_id, bias in self.logit_bias.items():
+            _check(int(token_id) >= 0, "logit_bias", "logit_bias keys must be token ids >= 0")
+            _check_range("logit_bias", bias, -100.0, 100.0)
+
+    @property
+    def greedy(self) -> bool:
+        """Whether sampling reduces to argmax."""
+        return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def needs_penalties(self) -> bool:
+        """Whether any repetition/presence/frequency penalty is active."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+
+class RequestStatus(IntEnum):
+    """Lifecycle of a request; everything above PREEMPTED is finished."""
+
+    WAITING = 0
+    RUNNING = 1
+    PREEMPTED = 2
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH = 4
+    FINISHED_ABORTED = 5
+
+
+FINISH_REASONS = {
+    RequestStatus.FINISHED_STOPPED: "stop",
+    RequestStatus.FINISHED_LENGTH: "length",
+    RequestStatus.FINISHED_ABORTED: "abort",
+}
+
+
+def is_finished(status: RequestStatus) -> bool:
+    """Whether `status` is terminal."""
+    return status > RequestStatus.PREEMPTED
+
+
+class Request:
+    """One sequence being generated: its tokens, KV blocks and progress."""
+
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sampling_params: SamplingParams,
+        arrival_time: float | None = None,
+        eos_token_id: int | None = 50256,
+        max_model_len: int = 1024,
+    ) -> None:
+        self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
+        self.sampling_params = sampling_params
+        self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
+        self.eos_token_id = eos_token_id
+        self.max_model_len = max_model_len
+        self.output_token_ids: list[int] = []
+        self.all_token_ids: list[int] = list(prompt_token_ids)
+        self.num_computed_tokens = 0
+        self.block_ids: list[int] = []
+        self.status = RequestStatus.WAITING
+        self.num_cached_tokens = -1  # set at first admission
+        self.num_preemptions = 0
+        self.stop_reason: int | str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus output tokens."""
+        return len(self.all_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        """Prompt length."""
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        """Tokens generated so far."""
+        return len(self.output_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the request has ended."""
+        return is_finished(self.status)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """OpenAI finish_reason, or None while running."""
+        return FINISH_REASONS.get(self.status)
+
+    def append_output_token(self, token_id: int) -> None:
+        """Record one generated token."""
+        self.output_token_ids.append(token_id)
+        self.all_token_ids.append(token_id)
+
+    def check_stop(self) -> RequestStatus | None:
+        """Token-level stop rules after a token was appended (stop strings are the engine's)."""
+        params = self.sampling_params
+        last = self.output_token_ids[-1]
+        if self.num_output_tokens >= params.min_tokens:
+            if last in params.stop_token_ids:
+                self.stop_reason = last
+                return RequestStatus.FINISHED_STOPPED
+            if last == self.eos_token_id and not params.ignore_eos:
+                return RequestStatus.FINISHED_STOPPED
+        if self.num_output_tokens >= params.max_tokens or self.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+
+@dataclass
+class RequestOutput:
+    """A delta of one choice of a request, as streamed to the client."""
+
+    request_id: str
+    index: int
+    text: str
+    token_ids: list[int]
+    finished: bool
+    finish_reason: str | None
+    stop_reason: int | str | None
+    num_prompt_tokens: int
+    num_output_tokens: int
+    logprobs: list[Any] | None = None
+    error: str | None = None

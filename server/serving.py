@@ -1,0 +1,110 @@
+"""What completions and chat share: the serving context, parameter checks, choice state."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from model.tokenizer import Tokenizer
+from server.async_engine import AsyncEngine
+from server.chat_template import ChatTemplate
+from server.engine import InvalidRequestError
+from server.errors import APIError
+from server.metrics import Metrics
+from server.protocol import SamplingFields
+from server.request import RequestOutput, SamplingParams, SamplingParamsError
+from server.sampler import TokenLogprobs
+
+
+@dataclass
+class ServingContext:
+    """Everything a handler needs, built once at startup."""
+
+    engine: AsyncEngine
+    tokenizer: Tokenizer
+    model_name: str
+    max_model_len: int
+    metrics: Metrics
+    chat_template: ChatTemplate
+    max_waiting_requests: int = 1024
+    draining: bool = False
+    num_open_requests: int = 0
+
+    def check_model(self, model: str | None) -> None:
+        """404 for a model name this server does not serve (absent means ours)."""
+        if model is not None and model != self.model_name:
+            raise APIError(
+                404, f"the model {model!r} does not exist; this server serves {self.model_name!r}",
+                "model", "model_not_found",
+            )  # fmt: skip
+
+    def check_capacity(self) -> None:
+        """503 with Retry-After while draining or when the waiting queue is full."""
+        if self.draining:
+            raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
+        if not self.engine.is_alive:
+            raise APIError(503, "the engine is not running", code="engine_dead")
+        num_waiting = self.num_open_requests - self.engine.engine.scheduler.num_running
+        if num_waiting >= self.max_waiting_requests:
+            raise APIError(
+                503,
+                f"the server is overloaded ({num_waiting} requests waiting); retry later",
+                headers={"Retry-After": "1"},
+            )
+
+    def sampling_params(
+        self,
+        body: SamplingFields,
+        prompts: list[list[int]],
+        max_tokens: int | None,
+        logprobs: int | None,
+    ) -> SamplingParams:
+        """Validated engine parameters for every prompt of this body (400 on any problem)."""
+        longest = max(len(p) for p in prompts)
+        if max_tokens is None:
+            max_tokens = max(1, self.max_model_len - longest)
+        try:
+            params = body.sampling_params(max_tokens, logprobs)
+            for prompt in prompts:
+                self.engine.engine.validate(prompt, params)
+        except SamplingParamsError as exc:
+            raise APIError(400, str(exc), exc.param) from exc
+        except InvalidRequestError as exc:
+            raise APIError(400, str(exc), exc.param) from exc
+        return params
+
+    def encode(self, text: str) -> list[int]:
+        """Tokenize a prompt string."""
+        return self.tokenizer.encode(text)
+
+
+@dataclass
+class ChoiceState:
+    """Accumulated output of one choice."""
+
+    text: str = ""
+    num_tokens: int = 0
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+
+    def add(self, output: RequestOutput) -> None:
+        """Fold one delta in."""
+        self.text += output.text
+        self.num_tokens = max(self.num_tokens, output.num_output_tokens)
+        if output.logprobs:
+            self.logprobs.extend(output.logprobs)
+        if output.finished:
+            self.finish_reason = output.finish_reason
+            self.stop_reason = output.stop_reason
+
+
+def new_request_id(prefix: str) -> str:
+    """A unique OpenAI-style id."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def now() -> int:
+    """The `created` timestamp."""
+    return int(time.time())

@@ -1,0 +1,36 @@
+"""Helpers for driving the synchronous engine in tests."""
+
+from __future__ import annotations
+
+import torch
+
+from server.engine import Engine
+from server.request import RequestOutput, SamplingParams
+
+
+def run_to_completion(
+    engine: Engine, requests: dict[str, tuple[list[int], SamplingParams]], max_steps: int = 10_000
+) -> dict[str, list[RequestOutput]]:
+    """Submit all requests at once and step until every one finished; outputs per request id."""
+    for request_id, (prompt, params) in requests.items():
+        engine.add_request(request_id, prompt, params)
+    outputs: dict[str, list[RequestOutput]] = {rid: [] for rid in requests}
+    for _ in range(max_steps):
+        if not engine.has_unfinished_requests():
+            return outputs
+        for output in engine.step():
+            outputs[output.request_id].append(output)
+    raise AssertionError("requests did not finish")
+
+
+def tokens_of(outputs: list[RequestOutput], index: int = 0) -> list[int]:
+    return [t for o in outputs if o.index == index for t in o.token_ids]
+
+
+def text_of(outputs: list[RequestOutput], index: int = 0) -> str:
+    return "".join(o.text for o in outputs if o.index == index)
+
+
+def random_prompt(length: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 50000, (length,), generator=gen).tolist()
