@@ -208,13 +208,20 @@ def sample(
     """
     vocab = logits.shape[-1]
     greedy = temperature <= 0  # [num_seqs]
+    if bool(greedy.all()):
+        return sanitize_logits(logits.float()).argmax(dim=-1)
     safe_temp = torch.where(greedy, torch.ones_like(temperature), temperature)
     scaled = sanitize_logits(logits.float() / safe_temp[:, None])  # [num_seqs, vocab]
     probs = torch.softmax(scaled, dim=-1)  # [num_seqs, vocab]
-    keep = probs >= _top_k_threshold(probs, top_k)[:, None]
-    keep &= probs >= _top_p_threshold(probs, top_p)[:, None]
-    max_prob = probs.max(dim=-1, keepdim=True).values  # [num_seqs, 1]
-    keep &= probs >= min_p[:, None] * max_prob
+    keep = torch.ones_like(probs, dtype=torch.bool)  # [num_seqs, vocab]
+    # Each filter costs a pass (top-k/top-p a sort) over the vocabulary: only when asked for.
+    if bool(((top_k > 0) & (top_k < vocab)).any()):
+        keep &= probs >= _top_k_threshold(probs, top_k)[:, None]
+    if bool((top_p < 1.0).any()):
+        keep &= probs >= _top_p_threshold(probs, top_p)[:, None]
+    if bool((min_p > 0).any()):
+        max_prob = probs.max(dim=-1, keepdim=True).values  # [num_seqs, 1]
+        keep &= probs >= min_p[:, None] * max_prob
     kept = torch.where(keep, probs, torch.zeros_like(probs))  # [num_seqs, vocab]
     cdf = kept.cumsum(dim=-1)  # [num_seqs, vocab]
     target = uniform[:, None] * cdf[:, -1:]  # [num_seqs, 1]

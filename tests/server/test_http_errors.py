@@ -137,3 +137,17 @@ def test_api_key_required_when_set(tiny_model, tokenizer) -> None:
         )
         assert httpx.get(f"{url}/health").status_code == 200
         assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+def test_internal_error_is_500_without_traceback(tiny_model, tokenizer) -> None:
+    engine = Engine(tiny_model, tokenizer, EngineLimits(num_blocks=64))
+    with running_server(engine) as (url, app):
+
+        def broken_encode(text: str) -> list[int]:
+            raise RuntimeError("secret internal detail")
+
+        app.state.ctx.encode = broken_encode
+        response = httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, timeout=30)
+        assert_error(response, 500, "internal server error")
+        assert "secret internal detail" not in response.text
+        assert httpx.get(f"{url}/health").status_code == 200
