@@ -1,7 +1,12 @@
-"""Public kernel launchers: Triton on CUDA tensors (or under TRITON_INTERPRET=1), else torch."""
+"""Public kernel launchers: Triton for CUDA tensors, the torch reference everywhere else.
+
+Importing this package never imports a Triton kernel module: `@triton.jit` reads
+TRITON_INTERPRET when it decorates, so tests set it before calling the launchers directly.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -11,15 +16,7 @@ from kernels import reference
 __all__ = ["paged_attention", "sample", "triton_enabled", "write_kv_cache"]
 
 
-def triton_enabled(device: torch.device | str) -> bool:
-    """Whether the Triton kernels serve tensors on `device`."""
-    if os.environ.get("GPT2SERVE_DISABLE_TRITON") == "1":
-        return False
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return _triton_importable()
-    return torch.device(device).type == "cuda" and _triton_importable()
-
-
+@functools.cache
 def _triton_importable() -> bool:
     try:
         import triton  # noqa: F401
@@ -28,6 +25,61 @@ def _triton_importable() -> bool:
     return True
 
 
-write_kv_cache = reference.write_kv_cache
-paged_attention = reference.paged_attention
-sample = reference.sample
+def triton_enabled(device: torch.device | str) -> bool:
+    """Whether the Triton kernels serve tensors on `device` (CUDA only; opt out with env)."""
+    if os.environ.get("GPT2SERVE_DISABLE_TRITON") == "1":
+        return False
+    return torch.device(device).type == "cuda" and _triton_importable()
+
+
+def write_kv_cache(
+    key: torch.Tensor,  # [num_tokens, n_head, head_dim]
+    value: torch.Tensor,  # [num_tokens, n_head, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, n_head, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, n_head, head_dim]
+    slot_mapping: torch.Tensor,  # [num_tokens] int64
+) -> None:
+    """Scatter K/V rows into their cache slots."""
+    if triton_enabled(key.device):
+        from kernels.kv_cache import write_kv_cache as triton_write
+
+        triton_write(key, value, k_cache, v_cache, slot_mapping)
+    else:
+        reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def paged_attention(
+    query: torch.Tensor,  # [num_tokens, n_head, head_dim]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, n_head, head_dim]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, n_head, head_dim]
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [num_seqs] int32
+    query_start_loc: torch.Tensor,  # [num_seqs + 1] int32
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, n_head, head_dim]
+    """Attention of each sequence's new tokens over its paged context."""
+    args = (query, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
+    if triton_enabled(query.device):
+        from kernels.attention import paged_attention as triton_attention
+
+        return triton_attention(*args, max_query_len, max_seq_len, scale)
+    return reference.paged_attention(*args, max_query_len, max_seq_len, scale)
+
+
+def sample(
+    logits: torch.Tensor,  # [num_seqs, vocab] float32
+    temperature: torch.Tensor,  # [num_seqs] float32
+    top_k: torch.Tensor,  # [num_seqs] int32
+    top_p: torch.Tensor,  # [num_seqs] float32
+    min_p: torch.Tensor,  # [num_seqs] float32
+    uniform: torch.Tensor,  # [num_seqs] float32
+) -> torch.Tensor:  # [num_seqs] int64
+    """Temperature, top-k, top-p, min-p and a seeded inverse-CDF draw per row."""
+    args = (logits, temperature, top_k, top_p, min_p, uniform)
+    if triton_enabled(logits.device):
+        from kernels.sampling import sample as triton_sample
+
+        return triton_sample(*args)
+    return reference.sample(*args)
