@@ -200,11 +200,11 @@ def sample(
     min_p: torch.Tensor,  # [num_seqs] float32; 0 = off
     uniform: torch.Tensor,  # [num_seqs] float32 in [0, 1): this step's draw per row
 ) -> torch.Tensor:  # [num_seqs] int64
-    """Temperature, top-k, top-p, min-p, then an inverse-CDF draw in token-id order.
+    """Temperature, top-k, top-p (over the top-k survivors), min-p, then an inverse-CDF draw.
 
     The kept set is defined by value thresholds (ties at the threshold are kept), and the
     CDF runs over token ids in vocabulary order, so a sort-free kernel can reproduce the
-    exact same token from the same `uniform`.
+    same token from the same `uniform`.
     """
     vocab = logits.shape[-1]
     greedy = temperature <= 0  # [num_seqs]
@@ -218,7 +218,10 @@ def sample(
     if bool(((top_k > 0) & (top_k < vocab)).any()):
         keep &= probs >= _top_k_threshold(probs, top_k)[:, None]
     if bool((top_p < 1.0).any()):
-        keep &= probs >= _top_p_threshold(probs, top_p)[:, None]
+        # HF order: the nucleus is taken over the top-k survivors, renormalised.
+        survivors = torch.where(keep, probs, torch.zeros_like(probs))  # [num_seqs, vocab]
+        survivors = survivors / survivors.sum(dim=-1, keepdim=True)
+        keep &= survivors >= _top_p_threshold(survivors, top_p)[:, None]
     if bool((min_p > 0).any()):
         max_prob = probs.max(dim=-1, keepdim=True).values  # [num_seqs, 1]
         keep &= probs >= min_p[:, None] * max_prob
