@@ -101,6 +101,10 @@ class BlockManager:
         self, request: Request, num_new_tokens: int, computed_block_ids: list[int] | tuple = ()
     ) -> bool:
         """Grow the request's block table to cover this step; False (no change) if out of blocks."""
+        if num_new_tokens < 0:
+            raise ValueError(f"num_new_tokens must be >= 0, got {num_new_tokens}")
+        if computed_block_ids and request.block_ids:
+            raise ValueError("computed_block_ids only apply to a request's first allocation")
         if not self.can_allocate(request, num_new_tokens, computed_block_ids):
             return False
         num_needed = self._num_needed(request, num_new_tokens, len(computed_block_ids))
@@ -128,7 +132,14 @@ class BlockManager:
 
     def free(self, request: Request) -> None:
         """Release every block of the request; tail blocks become the first to be evicted."""
-        for block in reversed(request.block_ids):
+        # Hashes are registered at schedule time, before the forward pass writes the blocks. A
+        # request freed between schedule and update (an abort) may own hashed blocks the model
+        # never filled; its num_computed_tokens has not moved past them, so unhash those.
+        num_written_blocks = request.num_computed_tokens // self.block_size
+        for index in range(len(request.block_ids) - 1, -1, -1):
+            block = request.block_ids[index]
+            if index >= num_written_blocks and block in self._block_hash:
+                del self._hash_to_block[self._block_hash.pop(block)]
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 if block in self._block_hash:
@@ -183,6 +194,11 @@ class BlockManager:
         assert len(free) == len(self._free), "duplicate block in free list"
         assert not free & set(self._evictable), "block both free and evictable"
         assert NULL_BLOCK not in free and NULL_BLOCK not in self._evictable
+        assert self.ref_counts[NULL_BLOCK] == 0, "the null block was handed out"
+        assert all(b in self._block_hash for b in self._evictable), "unhashed block cached"
+        assert len(self._hash_to_block) == len(self._block_hash), "hash maps disagree"
+        for block_hash, block in self._hash_to_block.items():
+            assert self._block_hash.get(block) == block_hash, f"block {block} hash mismatch"
         for block in range(1, self.num_blocks):
             owned = self.ref_counts[block] > 0
             assert owned != (block in free or block in self._evictable), f"block {block} state"

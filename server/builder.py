@@ -66,6 +66,7 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
         max_num_batched_tokens=settings.max_num_batched_tokens,
         max_model_len=settings.max_model_len or config.n_positions,
         enable_prefix_caching=settings.enable_prefix_caching,
+        decode_mode="eager" if settings.enforce_eager else "auto",
     )
     engine = Engine(model, tokenizer, limits)
     logger.info(

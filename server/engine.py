@@ -38,6 +38,8 @@ class EngineLimits:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 1024
     enable_prefix_caching: bool = True
+    # CUDA graphs for decode on a GPU; "padded" forces the same static-buffer path on CPU.
+    decode_mode: str = "auto"
 
 
 @dataclass
@@ -72,7 +74,11 @@ class Engine:
             max_num_batched_tokens=limits.max_num_batched_tokens,
             max_model_len=limits.max_model_len,
         )
-        self.runner = ModelRunner(model, limits.num_blocks, limits.block_size)
+        on_gpu = model.transformer.wte.weight.device.type == "cuda"
+        padded = limits.decode_mode == "padded" or (limits.decode_mode == "auto" and on_gpu)
+        self.runner = ModelRunner(
+            model, limits.num_blocks, limits.block_size, limits.max_num_seqs, padded_decode=padded
+        )
         self._choices: dict[str, _Choice] = {}
         self._children: dict[str, list[str]] = {}
         self.last_num_batched_tokens = 0

@@ -9,8 +9,9 @@ import torch
 
 from model.attention import build_attention_metadata
 from model.gpt2 import GPT2LMHeadModel, kv_cache_bytes_per_block
+from server.cuda_graphs import PaddedDecodeRunner
 from server.sampler import Sampler, TokenLogprobs
-from server.scheduler import SchedulerOutput
+from server.scheduler import ScheduledRequest, SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,27 @@ class RunnerOutput:
 class ModelRunner:
     """Builds flat input tensors and attention metadata, runs GPT-2, samples."""
 
-    def __init__(self, model: GPT2LMHeadModel, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        model: GPT2LMHeadModel,
+        num_blocks: int,
+        block_size: int,
+        max_num_seqs: int = 256,
+        padded_decode: bool = False,
+    ) -> None:
         self.model = model
         self.block_size = block_size
         self.num_blocks = num_blocks
         self.device = model.transformer.wte.weight.device
         self.kv_cache = model.allocate_kv_cache(num_blocks, block_size)
         self.sampler = Sampler(model.config.vocab_size, self.device)
+        self.decode_runner: PaddedDecodeRunner | None = None
+        if padded_decode:
+            self.decode_runner = PaddedDecodeRunner(
+                model, self.kv_cache, block_size, max_num_seqs, model.config.n_positions
+            )
+            if self.device.type == "cuda":
+                self.decode_runner.capture()
 
     @torch.inference_mode()
     def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
@@ -40,6 +55,14 @@ class ModelRunner:
         scheduled = scheduler_output.scheduled
         if not scheduled:
             return RunnerOutput([], [])
+        if self._is_padded_decode(scheduled):
+            logits = self.decode_runner.run(
+                [s.request.all_token_ids[-1] for s in scheduled],
+                [s.num_computed_tokens for s in scheduled],
+                [s.request.block_ids for s in scheduled],
+            )  # [num_seqs, vocab]
+            result = self.sampler(logits, [s.request for s in scheduled])
+            return RunnerOutput(result.token_ids, result.logprobs)
         query_lens = [s.num_new_tokens for s in scheduled]
         seq_lens = [s.num_computed_tokens + s.num_new_tokens for s in scheduled]
         input_ids: list[int] = []
@@ -66,6 +89,14 @@ class ModelRunner:
         sampling = [s.request for s in scheduler_output.sampling_requests]
         result = self.sampler(logits, sampling)
         return RunnerOutput(result.token_ids, result.logprobs)
+
+    def _is_padded_decode(self, scheduled: list[ScheduledRequest]) -> bool:
+        """Pure decode steps that fit the static buffers take the graph path."""
+        return (
+            self.decode_runner is not None
+            and len(scheduled) <= self.decode_runner.max_batch
+            and all(s.num_new_tokens == 1 and s.sample for s in scheduled)
+        )
 
 
 def determine_num_blocks(

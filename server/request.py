@@ -29,15 +29,32 @@ def _check(ok: bool, param: str, message: str) -> None:
         raise SamplingParamsError(param, message)
 
 
-def _check_range(param: str, value: float, low: float, high: float, low_open: bool = False) -> None:
+def _is_int(value: object) -> bool:
+    # bool is an int subclass, but `max_tokens=True` is a caller's bug, not a count.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(param: str, value: object, low: int, high: int | None = None) -> None:
+    _check(_is_int(value), param, f"{param} must be an integer, got {value!r}")
+    assert isinstance(value, int)
+    if high is None:
+        _check(value >= low, param, f"{param} must be >= {low}, got {value}")
+    else:
+        _check(low <= value <= high, param, f"{param} must be in [{low}, {high}], got {value}")
+
+
+def _check_range(
+    param: str, value: object, low: float, high: float, low_open: bool = False
+) -> None:
     _check(
-        isinstance(value, (int, float)) and math.isfinite(value),
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
         param,
-        f"{param} must be a finite number",
+        f"{param} must be a finite number, got {value!r}",
     )
+    assert isinstance(value, (int, float))
     inside = (low < value if low_open else low <= value) and value <= high
     bracket = "(" if low_open else "["
-    _check(inside, param, f"{param} must be in {bracket}{low}, {high}], got {value}")
+    _check(inside, param, f"{param} must be in {bracket}{low:g}, {high:g}], got {value}")
 
 
 @dataclass
@@ -63,7 +80,10 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
+        # Normalize the spellings the API allows before validating one canonical form.
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.top_k == -1:
             self.top_k = 0
@@ -71,7 +91,9 @@ class SamplingParams:
         _check_range("temperature", self.temperature, 0.0, 2.0)
         _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
         _check(
-            isinstance(self.top_k, int) and self.top_k >= 0, "top_k", "top_k must be -1, 0 or >= 1"
+            _is_int(self.top_k) and self.top_k >= 0,
+            "top_k",
+            f"top_k must be -1, 0 or >= 1, got {self.top_k!r}",
         )
         _check_range("min_p", self.min_p, 0.0, 1.0)
         _check_range("repetition_penalty", self.repetition_penalty, 0.0, 2.0, low_open=True)
@@ -79,28 +101,24 @@ class SamplingParams:
         _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         self._validate_stops()
         self._validate_sampling_extras()
+        self._validate_logit_bias()
 
     def _validate_lengths(self) -> None:
-        _check(
-            isinstance(self.max_tokens, int) and self.max_tokens >= 1,
-            "max_tokens",
-            "max_tokens must be >= 1",
-        )
-        _check(
-            isinstance(self.min_tokens, int) and self.min_tokens >= 0,
-            "min_tokens",
-            "min_tokens must be >= 0",
-        )
+        _check_int("max_tokens", self.max_tokens, 1)
+        _check_int("min_tokens", self.min_tokens, 0)
         _check(
             self.min_tokens <= self.max_tokens,
             "min_tokens",
             f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
         )
-        _check(1 <= self.n <= MAX_N, "n", f"n must be in [1, {MAX_N}], got {self.n}")
+        _check_int("n", self.n, 1, MAX_N)
 
     def _validate_stops(self) -> None:
+        _check(isinstance(self.stop, list), "stop", "stop must be a string or a list of strings")
         _check(
-            len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings"
+            len(self.stop) <= MAX_STOP_STRINGS,
+            "stop",
+            f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}",
         )
         for stop in self.stop:
             _check(isinstance(stop, str) and stop != "", "stop", "stop strings must be non-empty")
@@ -112,34 +130,41 @@ class SamplingParams:
         _check(
             len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS,
             "stop_token_ids",
-            f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids",
+            f"stop_token_ids may hold at most {MAX_STOP_TOKEN_IDS} ids",
         )
         _check(
-            all(t >= 0 for t in self.stop_token_ids),
+            all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
             "stop_token_ids",
-            "stop_token_ids must be >= 0",
+            "stop_token_ids must be integer token ids >= 0",
         )
 
     def _validate_sampling_extras(self) -> None:
-        _check(
-            self.no_repeat_ngram_size >= 0,
-            "no_repeat_ngram_size",
-            "no_repeat_ngram_size must be >= 0",
-        )
-        _check(self.seed is None or 0 <= self.seed < 2**63, "seed", "seed must be in [0, 2**63)")
-        _check(
-            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-            "logprobs",
-            f"logprobs must be in [0, {MAX_LOGPROBS}]",
-        )
+        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+
+    def _validate_logit_bias(self) -> None:
         _check(
             len(self.logit_bias) <= MAX_LOGIT_BIAS,
             "logit_bias",
             f"logit_bias may hold at most {MAX_LOGIT_BIAS} entries",
         )
-        for token_id, bias in self.logit_bias.items():
-            _check(int(token_id) >= 0, "logit_bias", "logit_bias keys must be token ids >= 0")
+        normalized: dict[int, float] = {}
+        for key, bias in self.logit_bias.items():
+            # JSON object keys arrive as strings ("50256"); the sampler indexes by int.
+            is_digits = isinstance(key, str) and key.lstrip("-").isdigit()
+            _check(
+                is_digits or _is_int(key),
+                "logit_bias",
+                f"logit_bias keys must be token ids, got {key!r}",
+            )
+            token_id = int(key)
+            _check(token_id >= 0, "logit_bias", "logit_bias keys must be token ids >= 0")
             _check_range("logit_bias", bias, -100.0, 100.0)
+            normalized[token_id] = float(bias)
+        self.logit_bias = normalized
 
     @property
     def greedy(self) -> bool:
@@ -202,7 +227,7 @@ class Request:
         self.num_computed_tokens = 0
         self.block_ids: list[int] = []
         self.status = RequestStatus.WAITING
-        self.num_cached_tokens = -1  # set at first admission
+        self.num_cached_tokens = 0  # prefix-cache hit tokens, set at first admission
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
 

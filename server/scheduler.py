@@ -6,7 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from server.block_manager import BlockManager
-from server.request import Request, RequestStatus
+from server.request import Request, RequestStatus, is_finished
 
 
 @dataclass
@@ -48,6 +48,13 @@ class Scheduler:
         max_num_batched_tokens: int = 2048,
         max_model_len: int = 1024,
     ) -> None:
+        for name, value in (
+            ("max_num_seqs", max_num_seqs),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("max_model_len", max_model_len),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -76,9 +83,29 @@ class Scheduler:
         return self.requests.get(request_id)
 
     def add_request(self, request: Request) -> None:
-        """Queue a new request at the back."""
+        """Queue a new request at the back; ValueError for a duplicate id or one that cannot fit."""
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} already exists")
+        if request.status != RequestStatus.WAITING or request.num_output_tokens:
+            raise ValueError(f"request {request.request_id!r} is not a new request")
+        if not 0 < request.num_prompt_tokens <= self.max_model_len:
+            raise ValueError(
+                f"prompt of {request.num_prompt_tokens} tokens is empty or exceeds "
+                f"max_model_len {self.max_model_len}"
+            )
+        # The last sampled token is never computed, so a request holds at most this many slots.
+        # One that needs more blocks than the whole cache would be preempted forever.
+        max_len = min(request.max_model_len, self.max_model_len)
+        num_slots = max(
+            request.num_prompt_tokens,
+            min(request.num_prompt_tokens + request.sampling_params.max_tokens, max_len) - 1,
+        )
+        num_blocks = -(-num_slots // self.block_manager.block_size)
+        if num_blocks > self.block_manager.num_usable_blocks:
+            raise ValueError(
+                f"request {request.request_id!r} needs {num_blocks} KV blocks, the cache has "
+                f"{self.block_manager.num_usable_blocks}"
+            )
         self.requests[request.request_id] = request
         self.waiting.append(request)
 
@@ -88,6 +115,8 @@ class Scheduler:
 
     def finish_request(self, request_id: str, status: RequestStatus) -> bool:
         """End a request with `status` (e.g. a stop string matched); frees its blocks."""
+        if not is_finished(status):
+            raise ValueError(f"{status!r} is not a finished status")
         request = self.requests.pop(request_id, None)
         if request is None:
             return False
@@ -114,6 +143,9 @@ class Scheduler:
         while index < len(self.running) and budget > 0:
             request = self.running[index]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:  # nothing left to compute (cannot happen after update(); be safe)
+                index += 1
+                continue
             while not self.block_manager.allocate(request, num_new):
                 victim = self.running.pop()  # the most recently admitted
                 self._preempt(victim, output)
@@ -135,7 +167,7 @@ class Scheduler:
             self.block_manager.record_prefix_query(request.num_tokens, num_cached)
             self.waiting.popleft()
             request.num_computed_tokens = num_cached
-            if request.num_cached_tokens < 0:
+            if request.status == RequestStatus.WAITING:  # first admission, not a resume
                 request.num_cached_tokens = num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)
@@ -157,7 +189,9 @@ class Scheduler:
         self.num_preemptions_total += 1
         self.waiting.appendleft(request)
         output.preempted_request_ids.append(request.request_id)
-        output.scheduled = [s for s in output.scheduled if s.request is not request]
+        # Victims come from the tail, behind the request being scheduled, so none was scheduled
+        # this step: its hashed blocks all hold K/V that an earlier step really wrote.
+        assert all(s.request is not request for s in output.scheduled)
 
     def update(self, output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Request]:
         """Advance progress, append sampled tokens, apply token-level stops; returns updated."""

@@ -141,3 +141,13 @@ def test_validation_errors(make_engine) -> None:
     with pytest.raises(InvalidRequestError, match="logit_bias"):
         engine.add_request("e", [1], SamplingParams(logit_bias={60000: 1.0}))
     assert not engine.has_unfinished_requests()
+
+
+def test_padded_decode_path_matches_eager(make_engine, alone_tokens) -> None:
+    """The static-buffer path CUDA graphs replay, run eagerly on CPU: padding is harmless."""
+    engine = make_engine(num_blocks=512, max_num_seqs=20, decode_mode="padded")
+    assert engine.runner.decode_runner is not None
+    assert engine.runner.decode_runner.sizes == [1, 2, 4, 8, 16, 20]
+    assert_same_tokens(engine, alone_tokens)
+    # Padding rows wrote nothing: the null block is still all zeros.
+    assert not engine.runner.kv_cache[:, :, 0].any()

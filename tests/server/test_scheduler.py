@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from server.block_manager import BlockManager
+from server.block_manager import NULL_BLOCK, BlockManager
 from server.request import Request, RequestStatus, SamplingParams
-from server.scheduler import Scheduler
+from server.scheduler import Scheduler, SchedulerOutput
 
 EOS = 50256
 
@@ -202,30 +202,258 @@ def test_duplicate_request_id_rejected() -> None:
         scheduler.add_request(make_request("a", 2))
 
 
-def test_random_soak_every_block_returns() -> None:
-    rng = random.Random(1234)
-    scheduler = make_scheduler(num_blocks=24, block_size=4, max_num_seqs=6, budget=24)
-    expected: dict[str, int] = {}
-    aborted: set[str] = set()
-    next_id = 0
-    for _ in range(400):
-        if rng.random() < 0.3 and next_id < 80:
-            max_tokens = rng.randint(1, 12)
-            prompt_len = rng.randint(1, 40)
-            prompt = [rng.choice([5, 6, 7, 8]) for _ in range(prompt_len)]  # repeats: prefix hits
-            request = Request(
-                f"q{next_id}", prompt, SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-            )
-            scheduler.add_request(request)
-            expected[request.request_id] = max_tokens
-            next_id += 1
-        if rng.random() < 0.05 and scheduler.requests:
-            victim = rng.choice(sorted(scheduler.requests))
-            scheduler.abort_request(victim)
-            aborted.add(victim)
-        step(scheduler)
-        scheduler.block_manager.check_invariants()
-    run_all(scheduler)
-    assert scheduler.num_preemptions_total > 0
+def test_decode_schedules_one_token_per_step() -> None:
+    scheduler = make_scheduler()
+    request = make_request("a", 6, max_tokens=4)
+    scheduler.add_request(request)
+    output, updated = step(scheduler)
+    assert (output.scheduled[0].num_new_tokens, updated) == (6, [request])
+    for expected_computed in (6, 7, 8):
+        output, _ = step(scheduler)
+        (entry,) = output.scheduled
+        assert (entry.num_computed_tokens, entry.num_new_tokens, entry.sample) == (
+            expected_computed,
+            1,
+            True,
+        )
+    assert request.is_finished and request.output_token_ids == [7, 8, 9, 10]
+    assert scheduler.schedule().is_empty
     assert_all_free(scheduler)
-    assert next_id > 40
+
+
+def test_preempts_the_newest_and_requeues_it_ahead_of_older_waiting() -> None:
+    scheduler = make_scheduler(num_blocks=5, block_size=2, max_num_seqs=2)  # 4 usable blocks
+    a, b, c = (make_request(rid, 2, max_tokens=7) for rid in "abc")  # <= 8 slots each
+    for request in (a, b, c):
+        scheduler.add_request(request)
+    for _ in range(3):  # a and b fill 2 blocks each; c waits on max_num_seqs
+        output, _ = step(scheduler)
+        assert not output.preempted_request_ids
+    output = scheduler.schedule()  # a's 5th token needs a 5th block: b, the newest, goes
+    assert output.preempted_request_ids == ["b"]
+    assert [s.request.request_id for s in output.scheduled] == ["a"]  # no admission this step
+    assert list(scheduler.waiting) == [b, c] and b.status == RequestStatus.PREEMPTED
+    assert b.block_ids == [] and b.output_token_ids == [7, 8, 9] and b.num_preemptions == 1
+    scheduler.update(output, [fake_token(a)])
+    run_all(scheduler)
+    for request in (a, b, c):
+        assert request.output_token_ids == list(range(7, 14))
+    assert_all_free(scheduler)
+
+
+def test_a_lone_request_that_cannot_grow_preempts_itself() -> None:
+    scheduler = make_scheduler(num_blocks=4, block_size=2, max_num_seqs=2)  # 3 usable blocks
+    a = make_request("a", 2, max_tokens=4)  # needs at most 5 slots = 3 blocks
+    b = make_request("b", 2, max_tokens=4)
+    scheduler.add_request(a)
+    scheduler.add_request(b)
+    preempted = []
+    while scheduler.has_unfinished_requests():
+        output, _ = step(scheduler)
+        preempted += output.preempted_request_ids
+    assert preempted and set(preempted) <= {"a", "b"}
+    assert a.output_token_ids == b.output_token_ids == [7, 8, 9, 10]
+    assert_all_free(scheduler)
+
+
+def test_siblings_admitted_together_share_prompt_blocks() -> None:
+    scheduler = make_scheduler(budget=100)
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    prompt = list(range(500, 513))  # 3 full blocks of 4 + 1 token
+    siblings = [Request(f"s#{i}", list(prompt), params) for i in range(3)]
+    for request in siblings:
+        scheduler.add_request(request)
+    output = scheduler.schedule()
+    assert [s.num_new_tokens for s in output.scheduled] == [13, 1, 1]
+    assert [s.num_computed_tokens for s in output.scheduled] == [0, 12, 12]
+    shared = siblings[0].block_ids[:3]
+    assert all(r.block_ids[:3] == shared for r in siblings)
+    assert [scheduler.block_manager.ref_counts[b] for b in shared] == [3, 3, 3]
+    assert len({r.block_ids[3] for r in siblings}) == 3  # each owns its partial tail block
+    assert [r.num_cached_tokens for r in siblings] == [0, 12, 12]
+    scheduler.update(output, [1, 2, 3])
+    run_all(scheduler)
+    assert_all_free(scheduler)
+
+
+def test_resume_after_preemption_keeps_first_num_cached_tokens() -> None:
+    scheduler = make_scheduler(num_blocks=7, budget=64)
+    a = make_request("a", 8, max_tokens=12)
+    b = make_request("b", 8, max_tokens=12)
+    scheduler.add_request(a)
+    scheduler.add_request(b)
+    run_all(scheduler)
+    assert b.num_preemptions > 0 and b.num_cached_tokens == 0  # resume hits are not counted
+
+
+def test_add_request_rejects_what_can_never_run() -> None:
+    scheduler = make_scheduler(num_blocks=5, block_size=4, max_model_len=64)  # 16 token slots
+    with pytest.raises(ValueError, match="empty"):
+        scheduler.add_request(Request("empty", [], SamplingParams()))
+    with pytest.raises(ValueError, match="max_model_len"):
+        scheduler.add_request(make_request("long", 65))
+    with pytest.raises(ValueError, match="KV blocks"):
+        scheduler.add_request(make_request("big", 10, max_tokens=8))  # 17 slots
+    scheduler.add_request(make_request("fits", 10, max_tokens=7))  # 16 slots, exactly
+    done = make_request("done", 2)
+    done.status = RequestStatus.FINISHED_ABORTED
+    with pytest.raises(ValueError, match="not a new request"):
+        scheduler.add_request(done)
+    run_all(scheduler)
+    assert_all_free(scheduler)
+
+
+def test_invalid_calls() -> None:
+    with pytest.raises(ValueError, match="max_num_seqs"):
+        make_scheduler(max_num_seqs=0)
+    scheduler = make_scheduler()
+    scheduler.add_request(make_request("a", 3))
+    with pytest.raises(ValueError, match="not a finished status"):
+        scheduler.finish_request("a", RequestStatus.RUNNING)
+    output = scheduler.schedule()
+    with pytest.raises(ValueError, match="sampling requests"):
+        scheduler.update(output, [])
+    assert scheduler.get_request("a") is not None and scheduler.get_request("zz") is None
+    assert not scheduler.abort_request("zz")
+
+
+class FakeKVModel:
+    """Writes a prefix-dependent value per slot, then checks every attended slot (like K/V)."""
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.slots: dict[int, int] = {}
+        self.prefix_keys: dict[str, list[int]] = {}
+
+    def key(self, request: Request, pos: int) -> int:
+        # A value that depends on the whole prefix, as real K/V does through attention.
+        keys = self.prefix_keys.setdefault(request.request_id, [])
+        for i in range(len(keys), pos + 1):
+            keys.append(hash((keys[-1] if keys else None, request.all_token_ids[i])))
+        return keys[pos]
+
+    def slot(self, request: Request, pos: int) -> int:
+        block = request.block_ids[pos // self.block_size]
+        assert block != NULL_BLOCK
+        return block * self.block_size + pos % self.block_size
+
+    def run(self, output: SchedulerOutput) -> None:
+        """All writes of the step happen before any read, as in every layer of the model."""
+        for s in output.scheduled:
+            for pos in range(s.num_computed_tokens, s.num_computed_tokens + s.num_new_tokens):
+                self.slots[self.slot(s.request, pos)] = self.key(s.request, pos)
+        for s in output.scheduled:
+            for pos in range(s.num_computed_tokens + s.num_new_tokens):
+                assert self.slots[self.slot(s.request, pos)] == self.key(s.request, pos), (
+                    f"{s.request.request_id} reads stale K/V at position {pos}"
+                )
+
+
+def check_step(scheduler: Scheduler, output: SchedulerOutput) -> None:
+    """Per-step invariants: budgets, table sizes, ref counts equal table membership."""
+    manager = scheduler.block_manager
+    assert output.num_batched_tokens == sum(s.num_new_tokens for s in output.scheduled)
+    assert output.num_batched_tokens <= scheduler.max_num_batched_tokens
+    assert len(scheduler.running) <= scheduler.max_num_seqs
+    for s in output.scheduled:
+        end = s.num_computed_tokens + s.num_new_tokens
+        assert s.num_new_tokens > 0 and end <= s.request.num_tokens
+        assert s.sample == (end == s.request.num_tokens)
+        assert len(s.request.block_ids) * manager.block_size >= end
+    owners = [0] * manager.num_blocks
+    for request in scheduler.running:
+        for block in request.block_ids:
+            owners[block] += 1
+    for request in scheduler.waiting:
+        assert request.block_ids == []
+    assert owners == manager.ref_counts
+    manager.check_invariants()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_soak_every_request_completes_and_every_block_returns(seed: int) -> None:
+    rng = random.Random(seed)
+    block_size = rng.choice([1, 2, 4])
+    scheduler = make_scheduler(
+        num_blocks=rng.randint(40 // block_size, 80 // block_size),
+        block_size=block_size,
+        max_num_seqs=rng.randint(2, 8),
+        budget=rng.randint(4, 40),
+        prefix=rng.random() < 0.8,
+    )
+    model = FakeKVModel(block_size)
+    expected: dict[str, int] = {}
+    requests: list[Request] = []
+    aborted: set[str] = set()
+
+    def token_for(request: Request) -> int:
+        return 100 + request.num_output_tokens  # so output == range(100, 100 + len)
+
+    for step_index in range(600):
+        if rng.random() < 0.35 and len(requests) < 60:
+            max_tokens = rng.randint(1, 12)
+            stop_at = rng.choice([None, rng.randint(1, 12)])
+            prompt = [rng.choice([5, 6, 7]) for _ in range(rng.randint(1, 36))]  # shared prefixes
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                ignore_eos=True,
+                stop_token_ids=[] if stop_at is None else [99 + stop_at],
+            )
+            request = Request(f"q{len(requests)}", prompt, params, max_model_len=40)
+            scheduler.add_request(request)
+            requests.append(request)
+            natural = min(max_tokens, 40 - len(prompt))
+            expected[request.request_id] = natural if stop_at is None else min(stop_at, natural)
+        output = scheduler.schedule()
+        check_step(scheduler, output)
+        model.run(output)
+        if rng.random() < 0.06 and scheduler.requests:  # also lands between schedule and update
+            victim = rng.choice(sorted(scheduler.requests))
+            assert scheduler.abort_request(victim)
+            aborted.add(victim)
+        sampled = [token_for(s.request) for s in output.sampling_requests]
+        scheduler.update(output, sampled)
+        if step_index > 300 and not scheduler.has_unfinished_requests():
+            break
+    while scheduler.has_unfinished_requests():
+        output = scheduler.schedule()
+        check_step(scheduler, output)
+        model.run(output)
+        scheduler.update(output, [token_for(s.request) for s in output.sampling_requests])
+    assert len(requests) > 20
+    for request in requests:
+        assert request.is_finished
+        if request.request_id in aborted:
+            assert request.finish_reason == "abort"
+            continue
+        assert request.output_token_ids == list(range(100, 100 + expected[request.request_id]))
+        assert request.finish_reason in ("stop", "length")
+    assert scheduler.requests == {} and scheduler.num_waiting == scheduler.num_running == 0
+    assert_all_free(scheduler)
+
+
+def test_soak_preempts_under_a_tiny_cache() -> None:
+    rng = random.Random(7)
+    scheduler = make_scheduler(num_blocks=13, block_size=2, max_num_seqs=6, budget=16)
+    model = FakeKVModel(2)
+    requests = []
+    for i in range(30):
+        prompt = [rng.randint(1, 4) for _ in range(rng.randint(1, 12))]
+        request = Request(f"p{i}", prompt, SamplingParams(max_tokens=10, ignore_eos=True))
+        scheduler.add_request(request)
+        requests.append(request)
+    steps = 0
+    while scheduler.has_unfinished_requests():
+        output = scheduler.schedule()
+        check_step(scheduler, output)
+        model.run(output)
+        scheduler.update(
+            output, [100 + s.request.num_output_tokens for s in output.sampling_requests]
+        )
+        steps += 1
+        assert steps < 5000
+    assert scheduler.num_preemptions_total > 0
+    assert any(r.num_preemptions > 0 for r in requests)
+    for request in requests:
+        assert request.output_token_ids == list(range(100, 110))
+    assert_all_free(scheduler)
