@@ -38,8 +38,10 @@ def _prefill_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    # Keys past the tile's last query position are masked by causality: stop there.
+    # Keys past the tile's last query position are masked by causality: stop there. A tile
+    # past this sequence's new tokens (the grid is sized by the longest) reads nothing.
     kv_end = tl.minimum(seq_len, seq_len - q_len + (m_block + 1) * BLOCK_M)
+    kv_end = tl.where(m_block * BLOCK_M < q_len, kv_end, 0)
     for start_n in range(0, kv_end, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)  # [BLOCK_N]
         n_ok = offs_n < seq_len
@@ -122,7 +124,7 @@ def _decode_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, 0)
         m_i = m_new
     if NUM_SPLITS == 1:
-        out = acc / l_i
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)  # a padding row (seq_len 0) gives zeros
         tl.store(out_ptr + seq * out_stride_t + head * out_stride_h + offs_d,
                  out.to(out_ptr.dtype.element_ty), mask=d_ok)  # fmt: skip
     else:

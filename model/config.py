@@ -51,6 +51,8 @@ class GPT2Config:
             raise ValueError(f"activation_function {activation!r} is not supported (gelu_new only)")
         if data.get("n_inner") not in (None, 4 * data.get("n_embd", 768)):
             raise ValueError("n_inner other than 4 * n_embd is not supported")
+        if data.get("scale_attn_by_inverse_layer_idx") or not data.get("scale_attn_weights", True):
+            raise ValueError("only the standard 1/sqrt(head_dim) attention scaling is supported")
         fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         return cls(**fields)
 

@@ -16,7 +16,7 @@ import torch
 
 from model.tokenizer import Tokenizer
 from model.weights import load_model, save_hf_checkpoint
-from server.builder import resolve_device, resolve_dtype
+from server.builder import configure_cpu_threads, resolve_device, resolve_dtype
 from server.engine import Engine, EngineLimits
 from server.request import SamplingParams
 
@@ -154,10 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=4096)
     parser.add_argument("--num-kv-blocks", type=int, default=4096)
+    parser.add_argument("--cpu-threads", type=int, default=None, help="default: cores - 1")
     parser.add_argument("--hf", action="store_true", help="also run HF transformers generate")
     parser.add_argument("--json", type=Path, help="write results here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
+    if resolve_device(args.device).type == "cpu":
+        configure_cpu_threads(args.cpu_threads)  # the same threads for both systems
     prompts = random_prompts(args.num_prompts, args.input_len, 50257)
     ours, model = bench_engine(args, prompts)
     results = [ours]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import torch
@@ -42,9 +43,20 @@ def load_tokenizer(model_spec: str) -> Tokenizer:
     return Tokenizer.for_model_dir(resolve_model_dir(model_spec))
 
 
+def configure_cpu_threads(requested: int | None) -> int:
+    """Leave a core to the HTTP side: oversubscribed BLAS threads spin and stall each other."""
+    threads = requested or max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
     """Load everything and size the KV cache; logs what was loaded."""
     device = resolve_device(settings.device)
+    if device.type == "cpu":
+        logger.info(
+            "CPU inference with %d torch threads", configure_cpu_threads(settings.cpu_threads)
+        )
     dtype = resolve_dtype(settings.dtype, device)
     started = time.monotonic()
     model = load_model(settings.model, device, dtype, seed=settings.seed)

@@ -30,6 +30,9 @@ class ServerSettings(BaseSettings):
     max_waiting_requests: int = Field(1024, ge=1)
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="disable CUDA graphs")
+    cpu_threads: int | None = Field(
+        None, ge=1, description="torch threads on CPU; default: cores - 1 (one for the API)"
+    )
     api_key: str | None = None
     chat_template: str | None = Field(None, description="Jinja2 chat template file")
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
