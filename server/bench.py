@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from model.cpu_linear import optimize_for_cpu
 from model.tokenizer import Tokenizer
 from model.weights import load_model, save_hf_checkpoint
 from server.builder import configure_cpu_threads, resolve_device, resolve_dtype
@@ -78,6 +79,8 @@ def bench_engine(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[Be
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = load_model(args.model, device, dtype)
+    if device.type == "cpu":
+        optimize_for_cpu(model)
     limits = EngineLimits(
         num_blocks=args.num_kv_blocks,
         max_num_seqs=args.max_num_seqs,

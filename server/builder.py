@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from model.cpu_linear import optimize_for_cpu
 from model.tokenizer import Tokenizer
 from model.weights import RANDOM_PREFIX, load_model, resolve_model_dir
 from server.config import ServerSettings
@@ -60,6 +61,8 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
     dtype = resolve_dtype(settings.dtype, device)
     started = time.monotonic()
     model = load_model(settings.model, device, dtype, seed=settings.seed)
+    if device.type == "cpu":
+        logger.info("prepacked %d linear layers for oneDNN", optimize_for_cpu(model))
     tokenizer = load_tokenizer(settings.model)
     config = model.config
     logger.info(

@@ -161,3 +161,19 @@ def test_chunked_prefill_matches_one_shot(model, chunk: int) -> None:
     for start in range(0, len(prompt), chunk):
         logits = seqs.step({0: prompt[start : start + chunk]})[0]
     torch.testing.assert_close(logits, one_shot, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_cpu_optimized_linears_keep_logits(hf_dir) -> None:
+    from model.cpu_linear import optimize_for_cpu
+
+    plain = load_model(str(hf_dir))
+    fast = load_model(str(hf_dir))
+    assert optimize_for_cpu(fast) == 4 * fast.config.n_layer
+    names = {n for n, _ in fast.named_parameters()}
+    assert names == {n for n, _ in plain.named_parameters()}
+    for length in (3, 20):  # below and above the packed-rows cutoff
+        prompt = random_prompt(length, seed=40 + length)
+        expected = PagedSequences(plain, num_seqs=1).step({0: prompt})[0]
+        actual = PagedSequences(fast, num_seqs=1).step({0: prompt})[0]
+        torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
