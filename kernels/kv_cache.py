@@ -19,6 +19,7 @@ def _write_kv_cache_kernel(
     row_size,  # n_head * head_dim: one token's row, contiguous in both source and cache
     BLOCK: tl.constexpr,
 ):
+    """One (token, chunk of its row): copy key and value into the token's slot."""
     token = tl.program_id(0)
     chunk = tl.program_id(1)
     slot = tl.load(slot_ptr + token)
@@ -33,7 +34,8 @@ def _write_kv_cache_kernel(
     tl.store(v_cache_ptr + dst, value.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_row_layout(name: str, tensor: torch.Tensor) -> None:
+def _check_row_layout(name: str, tensor: torch.Tensor) -> None:  # [num_tokens, n_head, head_dim]
+    """The kernel copies a token's heads as one run of n_head * head_dim elements."""
     head_dim = tensor.shape[2]
     if tensor.stride(2) != 1 or tensor.stride(1) != head_dim:
         raise ValueError(
@@ -59,8 +61,16 @@ def write_kv_cache(
         )
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("k_cache and v_cache must be contiguous")
-    if slot_mapping.shape != (key.shape[0],):
-        raise ValueError(f"slot_mapping must be [{key.shape[0]}], got {tuple(slot_mapping.shape)}")
+    if slot_mapping.shape != (key.shape[0],) or slot_mapping.dtype not in (
+        torch.int32,
+        torch.int64,
+    ):
+        raise ValueError(
+            f"slot_mapping must be int64 [{key.shape[0]}], got {slot_mapping.dtype} "
+            f"{tuple(slot_mapping.shape)}"
+        )
+    if len({t.device for t in (key, value, k_cache, v_cache, slot_mapping)}) != 1:
+        raise ValueError("key, value, caches and slot_mapping must be on one device")
     _check_row_layout("key", key)
     _check_row_layout("value", value)
     num_tokens = key.shape[0]

@@ -4,7 +4,7 @@ A program owns BLOCK_R rows (one for GPT-2's 50,257-token vocabulary, many for a
 and streams over each row's logits a few times: the max (and greedy argmax); for top-k and
 top-p a search for the exact threshold value among the bit patterns of non-negative floats
 (their integer order is the float order), each round testing WAYS candidates in one pass;
-then the inverse-CDF draw over token ids in vocabulary order, exactly as the reference does.
+then the inverse-CDF draw over token ids in vocabulary order, as the reference does.
 Values are e = exp(scaled - max): the probabilities times their sum, with max exactly 1, so
 the thresholds compare the same ordering as the reference's probabilities.
 """
@@ -22,14 +22,19 @@ _ONE_BITS = tl.constexpr(0x3F800000)  # bit pattern of 1.0f: every threshold lie
 
 
 @triton.jit
-def _probs_chunk(row_logits, row_ok, offs, vocab, safe_temp, best):
-    """e = exp(scaled - best) of one chunk, [BLOCK_R, BLOCK_V]; padding and -inf give 0."""
+def _scaled_chunk(row_logits, row_ok, offs, vocab, safe_temp):
+    """Sanitised logits / temperature of one chunk, [BLOCK_R, BLOCK_V]; padding is -inf."""
     mask = row_ok[:, None] & (offs < vocab)[None, :]
     x = tl.load(row_logits + offs[None, :], mask=mask, other=float("-inf")).to(tl.float32)
     x = x / safe_temp[:, None]
     # The reference's sanitize_logits: NaN -> -inf, +inf -> the largest float.
-    x = tl.minimum(tl.where(x != x, float("-inf"), x), _FLOAT_MAX)
-    return tl.exp(x - best[:, None])
+    return tl.minimum(tl.where(x != x, float("-inf"), x), _FLOAT_MAX)
+
+
+@triton.jit
+def _probs_chunk(row_logits, row_ok, offs, vocab, safe_temp, best):
+    """e = exp(scaled - best) of one chunk, [BLOCK_R, BLOCK_V]; padding and -inf give 0."""
+    return tl.exp(_scaled_chunk(row_logits, row_ok, offs, vocab, safe_temp) - best[:, None])
 
 
 @triton.jit
@@ -39,10 +44,7 @@ def _row_argmax(row_logits, row_ok, vocab, safe_temp, BLOCK_R: tl.constexpr, BLO
     best_idx = tl.zeros([BLOCK_R], tl.int32)
     for start in range(0, vocab, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        mask = row_ok[:, None] & (offs < vocab)[None, :]
-        x = tl.load(row_logits + offs[None, :], mask=mask, other=float("-inf")).to(tl.float32)
-        x = x / safe_temp[:, None]
-        x = tl.minimum(tl.where(x != x, float("-inf"), x), _FLOAT_MAX)  # [BLOCK_R, BLOCK_V]
+        x = _scaled_chunk(row_logits, row_ok, offs, vocab, safe_temp)  # [BLOCK_R, BLOCK_V]
         chunk_best = tl.max(x, 1)
         chunk_idx = start + tl.argmax(x, 1)
         # Strictly greater: an earlier chunk's index wins a tie, as torch.argmax's does.
@@ -92,8 +94,9 @@ def _search_threshold(row_logits, row_ok, vocab, safe_temp, best, floor, limit,
     for _ in range(ROUNDS):
         step = (hi - lo + WAYS) // (WAYS + 1)  # ceil((hi - lo) / (WAYS + 1))
         cand = tl.minimum(lo[:, None] + ways[None, :] * step[:, None], hi[:, None])
-        stat = _stat_above(row_logits, row_ok, vocab, safe_temp, best,
-                           cand.to(tl.float32, bitcast=True), COUNT, BLOCK_R, BLOCK_V, WAYS)  # fmt: skip
+        t = cand.to(tl.float32, bitcast=True)
+        stat = _stat_above(row_logits, row_ok, vocab, safe_temp, best, t, COUNT,
+                           BLOCK_R, BLOCK_V, WAYS)  # fmt: skip
         under = stat < limit[:, None]  # [BLOCK_R, WAYS]: t is at or past the answer
         lo = tl.maximum(lo, tl.max(tl.where(under, lo[:, None], cand), 1))
         hi = tl.minimum(hi, tl.min(tl.where(under, cand, hi[:, None]), 1))
@@ -136,14 +139,16 @@ def _draw(row_logits, row_ok, rows, vocab, safe_temp, best, best_idx, sampling,
     use_k = sampling & (top_k > 0) & (top_k < vocab)
     if tl.max(use_k.to(tl.int32), 0) > 0:  # each filter costs passes: only when asked for
         kth = _search_threshold(row_logits, row_ok, vocab, safe_temp, best, threshold,
-                                top_k.to(tl.float32), True, ROUNDS, BLOCK_R, SEARCH_V, WAYS)  # fmt: skip
+                                top_k.to(tl.float32), True, ROUNDS, BLOCK_R, SEARCH_V,
+                                WAYS)  # fmt: skip
         threshold = tl.where(use_k, kth, threshold)
     use_p = sampling & (top_p < 1.0)
     if tl.max(use_p.to(tl.int32), 0) > 0:
         survivors = _mass_at_least(row_logits, row_ok, vocab, safe_temp, best, threshold,
                                    BLOCK_R, BLOCK_V)  # fmt: skip
         nucleus = _search_threshold(row_logits, row_ok, vocab, safe_temp, best, threshold,
-                                    top_p * survivors, False, ROUNDS, BLOCK_R, SEARCH_V, WAYS)  # fmt: skip
+                                    top_p * survivors, False, ROUNDS, BLOCK_R, SEARCH_V,
+                                    WAYS)  # fmt: skip
         threshold = tl.where(use_p, nucleus, threshold)
     threshold = tl.maximum(threshold, min_p)  # max e is 1, so min_p * max_prob is min_p
     return _inverse_cdf(row_logits, row_ok, rows, vocab, safe_temp, best, best_idx, threshold,
@@ -155,6 +160,7 @@ def _sample_kernel(logits_ptr, logits_stride, temperature_ptr, top_k_ptr, top_p_
                    uniform_ptr, out_ptr, num_seqs, vocab, ROUNDS: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_V: tl.constexpr, SEARCH_V: tl.constexpr,
                    WAYS: tl.constexpr):  # fmt: skip
+    """BLOCK_R rows: greedy argmax, or a draw from the filtered distribution."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # [BLOCK_R]
     row_ok = rows < num_seqs
     row_logits = logits_ptr + rows.to(tl.int64)[:, None] * logits_stride  # [BLOCK_R, 1]
