@@ -52,3 +52,36 @@ def optimize_for_cpu(model: nn.Module) -> int:
                 setattr(parent, name, CpuLinear(child))
                 swapped += 1
     return swapped
+
+
+class CpuVocabProjection:
+    """hidden @ weight.T for the tied lm_head on CPU, from cached re-laid-out copies.
+
+    One row: BLAS on a contiguous [n_embd, vocab] transpose (~1.5x faster than the
+    transposed view); 8+ rows: oneDNN's packed layout (~1.4-2x faster again). Copies are
+    rebuilt if the weight is modified in place (tensor version counter).
+    """
+
+    def __init__(self) -> None:
+        self._version = -1
+        self._transposed: torch.Tensor | None = None  # [n_embd, vocab]
+        self._packed: torch.Tensor | None = None  # [vocab, n_embd], oneDNN layout
+
+    def __call__(
+        self,
+        hidden: torch.Tensor,  # [rows, n_embd]
+        weight: torch.Tensor,  # [vocab, n_embd]
+    ) -> torch.Tensor:  # [rows, vocab]
+        """Project hidden states onto the vocabulary."""
+        if self._version != weight._version or self._transposed is None:
+            with torch.no_grad():
+                self._transposed = weight.detach().t().contiguous()
+                usable = weight.dtype == torch.float32 and torch.backends.mkldnn.is_available()
+                self._packed = weight.detach().to_mkldnn() if usable else None
+            self._version = weight._version
+        packed_ok = self._packed is not None and not torch.is_grad_enabled()
+        if hidden.shape[0] >= MIN_PACKED_ROWS and packed_ok:
+            return torch._C._nn.mkldnn_linear(
+                hidden.contiguous().to_mkldnn(), self._packed, None
+            ).to_dense()
+        return torch.mm(hidden, self._transposed)

@@ -8,6 +8,7 @@ from torch import nn
 
 from model.attention import AttentionMetadata, PagedSelfAttention
 from model.config import GPT2Config
+from model.cpu_linear import CpuVocabProjection
 
 
 class GPT2MLP(nn.Module):
@@ -63,8 +64,7 @@ class GPT2LMHeadModel(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = GPT2Transformer(config)
-        self._lm_head_t: torch.Tensor | None = None
-        self._lm_head_t_version = -1
+        self._cpu_projection = CpuVocabProjection()
 
     @property
     def lm_head_weight(self) -> torch.Tensor:  # [vocab_size, n_embd]
@@ -104,12 +104,7 @@ class GPT2LMHeadModel(nn.Module):
         weight = self.lm_head_weight
         if weight.device.type != "cpu":
             return F.linear(hidden, weight).float()
-        # CPU BLAS multiplies a few rows by a [n_embd, vocab] matrix ~1.5x faster than by the
-        # transpose of [vocab, n_embd]; the copy is rebuilt if the weights change in place.
-        if self._lm_head_t is None or self._lm_head_t_version != weight._version:
-            self._lm_head_t = weight.detach().t().contiguous()  # [n_embd, vocab]
-            self._lm_head_t_version = weight._version
-        return torch.mm(hidden, self._lm_head_t).float()
+        return self._cpu_projection(hidden, weight).float()
 
     def allocate_kv_cache(
         self, num_blocks: int, block_size: int
