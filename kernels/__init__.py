@@ -13,7 +13,15 @@ import torch
 
 from kernels import reference
 
-__all__ = ["paged_attention", "sample", "triton_enabled", "write_kv_cache"]
+__all__ = [
+    "add_logit_bias",
+    "apply_penalties",
+    "chosen_logprobs",
+    "paged_attention",
+    "sample",
+    "triton_enabled",
+    "write_kv_cache",
+]
 
 
 @functools.cache
@@ -83,3 +91,48 @@ def sample(
 
         return triton_sample(*args)
     return reference.sample(*args)
+
+
+def add_logit_bias(
+    logits: torch.Tensor,  # [num_seqs, vocab] float32, modified in place
+    bias_rows: torch.Tensor,  # [num_biases] int64
+    bias_token_ids: torch.Tensor,  # [num_biases] int64; (row, id) pairs unique
+    bias_values: torch.Tensor,  # [num_biases] float32
+) -> None:
+    """Add OpenAI logit_bias entries to their (row, token) logits."""
+    if triton_enabled(logits.device):
+        from kernels.penalties import add_logit_bias as triton_bias
+
+        triton_bias(logits, bias_rows, bias_token_ids, bias_values)
+    else:
+        reference.add_logit_bias(logits, bias_rows, bias_token_ids, bias_values)
+
+
+def apply_penalties(
+    logits: torch.Tensor,  # [num_seqs, vocab] float32
+    prompt_token_ids: torch.Tensor,  # [num_seqs, max_prompt_len] int64, padded with vocab
+    output_token_ids: torch.Tensor,  # [num_seqs, max_output_len] int64, padded with vocab
+    repetition_penalty: torch.Tensor,  # [num_seqs] float32; 1 = off
+    presence_penalty: torch.Tensor,  # [num_seqs] float32; 0 = off
+    frequency_penalty: torch.Tensor,  # [num_seqs] float32; 0 = off
+) -> torch.Tensor:  # [num_seqs, vocab]
+    """HF repetition penalty over prompt+output, then OpenAI presence/frequency on output."""
+    args = (logits, prompt_token_ids, output_token_ids)
+    penalties = (repetition_penalty, presence_penalty, frequency_penalty)
+    if triton_enabled(logits.device):
+        from kernels.penalties import apply_penalties as triton_penalties
+
+        return triton_penalties(*args, *penalties)
+    return reference.apply_penalties(*args, *penalties)
+
+
+def chosen_logprobs(
+    logits: torch.Tensor,  # [num_seqs, vocab]: raw model logits
+    token_ids: torch.Tensor,  # [num_seqs] int64
+) -> torch.Tensor:  # [num_seqs] float32
+    """Log-probability of each row's chosen token under the unmodified distribution."""
+    if triton_enabled(logits.device):
+        from kernels.logprobs import chosen_logprobs as triton_logprobs
+
+        return triton_logprobs(logits, token_ids)
+    return reference.chosen_logprobs(logits, token_ids)

@@ -29,6 +29,8 @@ def _configs() -> Iterator[tuple[Any, str, dict[str, str], dict[str, Any], int]]
         _prefill_attention_kernel,
     )
     from kernels.kv_cache import _write_kv_cache_kernel
+    from kernels.logprobs import _chosen_logprob_kernel
+    from kernels.penalties import _add_bias_kernel, _count_tokens_kernel, _penalize_kernel
     from kernels.sampling import _sample_kernel, search_rounds
 
     meta = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32"}
@@ -43,6 +45,13 @@ def _configs() -> Iterator[tuple[Any, str, dict[str, str], dict[str, Any], int]]
             constexprs = {"NUM_SPLITS": splits, "BLOCK_N": 64, "BLOCK_D": d}
             yield _decode_attention_kernel, dtype, meta | parts, constexprs, 4
         yield _decode_reduce_kernel, dtype, parts, {"NUM_SPLITS": 8, "BLOCK_D": 64}, 4
+        logprob_ptrs = {"token_ids_ptr": "*i64", "out_ptr": "*fp32"}
+        yield _chosen_logprob_kernel, dtype, logprob_ptrs, {"BLOCK_V": 4096}, 4
+    yield _count_tokens_kernel, "i32", {"ids_ptr": "*i64"}, {"BLOCK": 1024}, 4
+    bias_ptrs = {"rows_ptr": "*i64", "ids_ptr": "*i64"}
+    yield _add_bias_kernel, "fp32", bias_ptrs, {"BLOCK": 1024}, 4
+    tables = {"prompt_seen_ptr": "*i32", "output_counts_ptr": "*i32"}
+    yield _penalize_kernel, "fp32", tables, {"BLOCK_V": 2048}, 4
     sampling = {"top_k_ptr": "*i32", "out_ptr": "*i64"}
     for rows, block_v, search_v, ways in ((1, 4096, 2048, 8), (128, 16, 16, 8), (4, 1024, 256, 1)):
         constexprs = {"ROUNDS": search_rounds(ways), "BLOCK_R": rows, "BLOCK_V": block_v,
