@@ -1,24 +1,40 @@
 # syntax=docker/dockerfile:1
 # gpt2serve for a GPU node:  docker run --gpus all -p 8000:8000 IMAGE --model gpt2
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+#
+# CUDA: the torch wheel pinned below (PyPI's default Linux build) brings its own CUDA user-space
+# libraries as pip packages (cuBLAS, cuDNN, NCCL, NVRTC, ...) and Triton ships its own ptxas, so
+# the image needs no CUDA toolkit: the small *-base* image is enough (the *-runtime* one would only
+# add ~2 GB of libraries nothing loads). What the base image still decides is the driver check:
+# its NVIDIA_REQUIRE_CUDA makes the NVIDIA container runtime refuse a host driver too old for that
+# CUDA version, so keep its major equal to the wheel's. torch 2.13.0 on PyPI is built against
+# CUDA 13.0 (host driver >= 580). Change the two together, e.g. for a CUDA 12 driver:
+#   --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04 \
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (plus a TORCH_VERSION
+#   that index carries).
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL=https://pypi.org/simple
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # DL3008: the CUDA base image pins the distribution; its python3/gcc are what torch supports.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc \
+    && apt-get install -y --no-install-recommends python3 python3-venv python3-dev gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+# torch first, from the index whose CUDA build matches CUDA_IMAGE; `pip install .` keeps it
+# (TORCH_VERSION satisfies pyproject's torch requirement; torch pins its matching Triton).
+RUN pip install --upgrade pip==25.1.1 \
+    && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
 COPY server ./server
 COPY model ./model
 COPY kernels ./kernels
 COPY loadtest ./loadtest
-# torch's default Linux wheel is the CUDA build, with Triton alongside.
-RUN pip install --upgrade pip==25.1.1 && pip install .
+RUN pip install .
 # Fetch tiktoken's GPT-2 file at build time so the image starts without network access.
 # DL3064: "TOKEN" here is tiktoken's cache path, not a secret.
 # hadolint ignore=DL3064
@@ -27,10 +43,13 @@ RUN python -c "import tiktoken; tiktoken.get_encoding('r50k_base')"
 
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
+# Triton compiles a small C launcher per kernel signature at first use (then caches it under
+# TRITON_CACHE_DIR), so a C compiler, libc headers and Python.h are needed at run time too.
 # DL3008: as above, the base image pins the distribution's packages.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 curl \
+    && apt-get install -y --no-install-recommends \
+        python3 python3-dev gcc libc6-dev curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 gpt2serve
 COPY --from=build /opt/venv /opt/venv
@@ -46,11 +65,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     GPT2SERVE_HOST=0.0.0.0 \
     GPT2SERVE_PORT=8000
 RUN mkdir -p /cache/huggingface /cache/triton /cache/inductor && chown -R gpt2serve /cache
-VOLUME ["/cache/huggingface", "/cache/triton"]
+VOLUME ["/cache/huggingface", "/cache/triton", "/cache/inductor"]
 USER 10001
 WORKDIR /home/gpt2serve
 EXPOSE 8000
+# Through sh so the port follows GPT2SERVE_PORT (which the server reads too): set the port with
+# `-e GPT2SERVE_PORT=...` rather than `--port` and the health check keeps up.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8000/health"]
+    CMD ["sh", "-c", "curl -fsS \"http://127.0.0.1:${GPT2SERVE_PORT:-8000}/health\" || exit 1"]
 ENTRYPOINT ["gpt2serve"]
 CMD ["--model", "gpt2", "--host", "0.0.0.0"]
