@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
+
+from server.params_validation import (
+    SamplingParamsError,
+    check,
+    check_bool,
+    check_int,
+    check_range,
+    check_stop_strings,
+    check_token_id_list,
+    is_int,
+    normalized_logit_bias,
+)
+
+__all__ = ["Request", "RequestOutput", "RequestStatus", "SamplingParams", "SamplingParamsError"]
 
 MAX_N = 16
 MAX_LOGPROBS = 20
@@ -14,47 +27,6 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LEN = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 1024
-
-
-class SamplingParamsError(ValueError):
-    """An invalid sampling parameter; `param` names the field."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def _check(ok: bool, param: str, message: str) -> None:
-    if not ok:
-        raise SamplingParamsError(param, message)
-
-
-def _is_int(value: object) -> bool:
-    # bool is an int subclass, but `max_tokens=True` is a caller's bug, not a count.
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_int(param: str, value: object, low: int, high: int | None = None) -> None:
-    _check(_is_int(value), param, f"{param} must be an integer, got {value!r}")
-    assert isinstance(value, int)
-    if high is None:
-        _check(value >= low, param, f"{param} must be >= {low}, got {value}")
-    else:
-        _check(low <= value <= high, param, f"{param} must be in [{low}, {high}], got {value}")
-
-
-def _check_range(
-    param: str, value: object, low: float, high: float, low_open: bool = False
-) -> None:
-    _check(
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        param,
-        f"{param} must be a finite number, got {value!r}",
-    )
-    assert isinstance(value, (int, float))
-    inside = (low < value if low_open else low <= value) and value <= high
-    bracket = "(" if low_open else "["
-    _check(inside, param, f"{param} must be in {bracket}{low:g}, {high:g}], got {value}")
 
 
 @dataclass
@@ -88,83 +60,36 @@ class SamplingParams:
         if self.top_k == -1:
             self.top_k = 0
         self._validate_lengths()
-        _check_range("temperature", self.temperature, 0.0, 2.0)
-        _check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
-        _check(
-            _is_int(self.top_k) and self.top_k >= 0,
+        check_range("temperature", self.temperature, 0.0, 2.0)
+        check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+        check(
+            is_int(self.top_k) and self.top_k >= 0,
             "top_k",
             f"top_k must be -1, 0 or >= 1, got {self.top_k!r}",
         )
-        _check_range("min_p", self.min_p, 0.0, 1.0)
-        _check_range("repetition_penalty", self.repetition_penalty, 0.0, 2.0, low_open=True)
-        _check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
-        _check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
-        self._validate_stops()
-        self._validate_sampling_extras()
-        self._validate_logit_bias()
+        check_range("min_p", self.min_p, 0.0, 1.0)
+        check_range("repetition_penalty", self.repetition_penalty, 0.0, 2.0, low_open=True)
+        check_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        check_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        check_stop_strings(self.stop, MAX_STOP_STRINGS, MAX_STOP_STRING_LEN)
+        check_token_id_list("stop_token_ids", self.stop_token_ids, MAX_STOP_TOKEN_IDS)
+        check_bool("ignore_eos", self.ignore_eos)
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
+        if self.seed is not None:
+            check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.logprobs is not None:
+            check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        self.logit_bias = normalized_logit_bias(self.logit_bias, MAX_LOGIT_BIAS)
 
     def _validate_lengths(self) -> None:
-        _check_int("max_tokens", self.max_tokens, 1)
-        _check_int("min_tokens", self.min_tokens, 0)
-        _check(
+        check_int("max_tokens", self.max_tokens, 1)
+        check_int("min_tokens", self.min_tokens, 0)
+        check(
             self.min_tokens <= self.max_tokens,
             "min_tokens",
             f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
         )
-        _check_int("n", self.n, 1, MAX_N)
-
-    def _validate_stops(self) -> None:
-        _check(isinstance(self.stop, list), "stop", "stop must be a string or a list of strings")
-        _check(
-            len(self.stop) <= MAX_STOP_STRINGS,
-            "stop",
-            f"stop may hold at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}",
-        )
-        for stop in self.stop:
-            _check(isinstance(stop, str) and stop != "", "stop", "stop strings must be non-empty")
-            _check(
-                len(stop) <= MAX_STOP_STRING_LEN,
-                "stop",
-                f"stop strings are limited to {MAX_STOP_STRING_LEN} characters",
-            )
-        _check(
-            len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS,
-            "stop_token_ids",
-            f"stop_token_ids may hold at most {MAX_STOP_TOKEN_IDS} ids",
-        )
-        _check(
-            all(_is_int(t) and t >= 0 for t in self.stop_token_ids),
-            "stop_token_ids",
-            "stop_token_ids must be integer token ids >= 0",
-        )
-
-    def _validate_sampling_extras(self) -> None:
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, 2**63 - 1)
-        if self.logprobs is not None:
-            _check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS)
-
-    def _validate_logit_bias(self) -> None:
-        _check(
-            len(self.logit_bias) <= MAX_LOGIT_BIAS,
-            "logit_bias",
-            f"logit_bias may hold at most {MAX_LOGIT_BIAS} entries",
-        )
-        normalized: dict[int, float] = {}
-        for key, bias in self.logit_bias.items():
-            # JSON object keys arrive as strings ("50256"); the sampler indexes by int.
-            is_digits = isinstance(key, str) and key.lstrip("-").isdigit()
-            _check(
-                is_digits or _is_int(key),
-                "logit_bias",
-                f"logit_bias keys must be token ids, got {key!r}",
-            )
-            token_id = int(key)
-            _check(token_id >= 0, "logit_bias", "logit_bias keys must be token ids >= 0")
-            _check_range("logit_bias", bias, -100.0, 100.0)
-            normalized[token_id] = float(bias)
-        self.logit_bias = normalized
+        check_int("n", self.n, 1, MAX_N)
 
     @property
     def greedy(self) -> bool:

@@ -61,19 +61,28 @@ class Sampler:
             self._floats([p.min_p for p in params]),
             self._uniforms(requests),
         )  # [num_seqs] int64
-        return SamplerOutput(token_ids.tolist(), self._logprobs(raw_logits, token_ids, requests))
+        wanted = [p.logprobs for p in params]
+        if all(w is None for w in wanted):
+            return SamplerOutput(token_ids.tolist(), [None] * len(requests))
+        return self._with_logprobs(raw_logits, token_ids, wanted)
 
     def _top_k(self, top_k: int) -> int:
         """top_k at or beyond the vocabulary keeps everything: the same as off (0)."""
         return top_k if 0 < top_k < self.vocab_size else 0
 
-    def _floats(self, values: list[float]) -> torch.Tensor:  # [num_seqs] float32
+    def _floats(self, values: list[float]) -> torch.Tensor:  # [len(values)] float32
         return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def _ids(self, values: list[int]) -> torch.Tensor:  # [len(values)] int64
+        # Index tensors on the logits' device: a CPU index into CUDA logits is a hidden copy.
+        return torch.tensor(values, dtype=torch.int64, device=self.device)
 
     def _uniforms(self, requests: Sequence[Request]) -> torch.Tensor:  # [num_seqs] float32
         """This step's draw of each request: a function of its seed and output position only."""
         seeds = [r.sampling_params.seed or 0 for r in requests]
-        steps = [r.num_output_tokens for r in requests]
+        # Counter = output position + 1: the hash maps (seed 0, counter 0) to exactly 0, and
+        # u = 0 draws the lowest-id token of non-zero probability, however unlikely it is.
+        steps = [r.num_output_tokens + 1 for r in requests]
         return reference.counter_uniform(
             torch.tensor(seeds, dtype=torch.int64, device=self.device),
             torch.tensor(steps, dtype=torch.int64, device=self.device),
@@ -87,8 +96,8 @@ class Sampler:
                 cols.append(int(token_id))
                 values.append(float(bias))
         if rows:
-            index = (torch.tensor(rows), torch.tensor(cols))
-            logits.index_put_(index, torch.tensor(values, device=logits.device), accumulate=True)
+            index = (self._ids(rows), self._ids(cols))
+            logits.index_put_(index, self._floats(values), accumulate=True)
 
     def _apply_penalties(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
         rows = [i for i, r in enumerate(requests) if r.sampling_params.needs_penalties]
@@ -96,7 +105,7 @@ class Sampler:
             return
         selected = [requests[i] for i in rows]
         params = [r.sampling_params for r in selected]
-        row_index = torch.tensor(rows, device=logits.device)
+        row_index = self._ids(rows)
         logits[row_index] = reference.apply_penalties(
             logits[row_index],
             self._padded([r.prompt_token_ids for r in selected]),
@@ -121,31 +130,46 @@ class Sampler:
             rows.extend([row] * len(banned))
             cols.extend(banned)
         if rows:
-            logits[torch.tensor(rows), torch.tensor(cols)] = float("-inf")
+            logits[self._ids(rows), self._ids(cols)] = float("-inf")
 
-    def _logprobs(
+    def _with_logprobs(
         self,
-        raw_logits: torch.Tensor,  # [num_seqs, vocab]
-        token_ids: torch.Tensor,  # [num_seqs]
-        requests: Sequence[Request],
-    ) -> list[TokenLogprobs | None]:
-        wanted = [r.sampling_params.logprobs for r in requests]
-        if all(w is None for w in wanted):
-            return [None] * len(requests)
+        raw_logits: torch.Tensor,  # [num_seqs, vocab]: before bias, penalties and temperature
+        token_ids: torch.Tensor,  # [num_seqs] int64
+        wanted: list[int | None],
+    ) -> SamplerOutput:
+        """Sampled ids and logprobs from the unmodified distribution, in one host transfer."""
         num_top = max(w or 0 for w in wanted)
         chosen, top_ids, top_values = reference.top_logprobs(raw_logits, token_ids, num_top)
-        chosen_list = chosen.clamp(min=MIN_LOGPROB).tolist()
-        top_ids_list, top_values_list = top_ids.tolist(), top_values.clamp(min=MIN_LOGPROB).tolist()
-        result: list[TokenLogprobs | None] = []
-        for row, num_wanted in enumerate(wanted):
+        # One [num_seqs, 2 + 2 * num_top] float64 table: ids < 2**53 and fp32 values are exact.
+        table = torch.cat(
+            [
+                token_ids[:, None].double(),
+                json_safe_logprobs(chosen)[:, None].double(),
+                top_ids.double(),
+                json_safe_logprobs(top_values).double(),
+            ],
+            dim=1,
+        )  # [num_seqs, 2 + 2 * num_top]
+        rows = table.tolist()  # the step's only device -> host copy
+        ids = [int(row[0]) for row in rows]
+        logprobs: list[TokenLogprobs | None] = []
+        for row, num_wanted in zip(rows, wanted, strict=True):
             if num_wanted is None:
-                result.append(None)
+                logprobs.append(None)
                 continue
-            top = list(
-                zip(top_ids_list[row][:num_wanted], top_values_list[row][:num_wanted], strict=True)
-            )
-            result.append(TokenLogprobs(int(token_ids[row]), chosen_list[row], top))
-        return result
+            top_id_values = row[2 : 2 + num_wanted]
+            top_lp_values = row[2 + num_top : 2 + num_top + num_wanted]
+            top = [(int(t), lp) for t, lp in zip(top_id_values, top_lp_values, strict=True)]
+            logprobs.append(TokenLogprobs(int(row[0]), row[1], top))
+        return SamplerOutput(ids, logprobs)
+
+
+def json_safe_logprobs(values: torch.Tensor) -> torch.Tensor:  # same shape as `values`
+    """NaN and -inf become MIN_LOGPROB (JSON has neither); nothing exceeds log(1) = 0."""
+    return torch.nan_to_num(values.float(), nan=MIN_LOGPROB, posinf=0.0, neginf=MIN_LOGPROB).clamp(
+        MIN_LOGPROB, 0.0
+    )
 
 
 def banned_ngram_tokens(request: Request) -> set[int]:

@@ -8,12 +8,29 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.gpt2 import GPT2LMHeadModel
+from model.tokenizer import Tokenizer
 from model.weights import save_hf_checkpoint
 from server.engine import Engine, EngineLimits, InvalidRequestError
 from server.request import SamplingParams
+from server.scheduler import SchedulerOutput
 from support.engine_driver import random_prompt, run_to_completion, text_of, tokens_of
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
+# The scaled-embedding fixture, `random:tiny` as the server loads it, and a model written by
+# transformers' save_pretrained and read back through our own loader.
+INVARIANCE_MODELS = ["tiny_model", "random_tiny_model", "hf_saved_model"]
+
+
+@pytest.fixture(scope="module", params=INVARIANCE_MODELS)
+def engine_model(request: pytest.FixtureRequest) -> GPT2LMHeadModel:
+    """Each model the batch-invariance tests must hold for."""
+    return request.getfixturevalue(request.param)
+
+
+def build_engine(model: GPT2LMHeadModel, tokenizer: Tokenizer, **limits: object) -> Engine:
+    defaults = {"num_blocks": 256, "block_size": 16, "max_num_batched_tokens": 2048}
+    return Engine(model, tokenizer, EngineLimits(**{**defaults, **limits}))
 
 
 def mixed_requests(count: int, max_tokens: int = 12) -> dict[str, tuple[list[int], SamplingParams]]:
@@ -25,16 +42,29 @@ def mixed_requests(count: int, max_tokens: int = 12) -> dict[str, tuple[list[int
 
 
 @pytest.fixture(scope="module")
-def alone_tokens(tiny_model, tokenizer) -> dict[str, list[int]]:
+def alone_tokens(engine_model: GPT2LMHeadModel, tokenizer: Tokenizer) -> dict[str, list[int]]:
     """Each request's greedy tokens when it runs by itself."""
     result = {}
     for rid, request in mixed_requests(32).items():
-        engine = Engine(tiny_model, tokenizer, EngineLimits(num_blocks=64))
+        engine = Engine(engine_model, tokenizer, EngineLimits(num_blocks=64))
         result[rid] = tokens_of(run_to_completion(engine, {rid: request})[rid])
     return result
 
 
-def assert_same_tokens(engine, alone_tokens) -> None:
+def record_schedules(engine: Engine) -> list[SchedulerOutput]:
+    """Every `SchedulerOutput` the engine runs from now on."""
+    recorded: list[SchedulerOutput] = []
+    schedule = engine.scheduler.schedule
+
+    def recording() -> SchedulerOutput:
+        recorded.append(schedule())
+        return recorded[-1]
+
+    engine.scheduler.schedule = recording  # type: ignore[method-assign]
+    return recorded
+
+
+def assert_same_tokens(engine: Engine, alone_tokens: dict[str, list[int]]) -> None:
     outputs = run_to_completion(engine, mixed_requests(32))
     for rid, expected in alone_tokens.items():
         assert tokens_of(outputs[rid]) == expected, rid
@@ -43,19 +73,60 @@ def assert_same_tokens(engine, alone_tokens) -> None:
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
 
 
-def test_batched_requests_match_alone(make_engine, alone_tokens) -> None:
-    assert_same_tokens(make_engine(num_blocks=512), alone_tokens)
+def test_batched_requests_match_alone(
+    engine_model: GPT2LMHeadModel, tokenizer: Tokenizer, alone_tokens: dict[str, list[int]]
+) -> None:
+    engine = build_engine(engine_model, tokenizer, num_blocks=512)
+    schedules = record_schedules(engine)
+    assert_same_tokens(engine, alone_tokens)
+    assert len(schedules[0].scheduled) == 32  # all 32 prompts really ran in one batch
+    assert len({tuple(t) for t in alone_tokens.values()}) == 32  # 32 different continuations
 
 
-def test_preemption_keeps_results(make_engine, alone_tokens) -> None:
-    engine = make_engine(num_blocks=24)
+def test_preemption_keeps_results(
+    engine_model: GPT2LMHeadModel, tokenizer: Tokenizer, alone_tokens: dict[str, list[int]]
+) -> None:
+    engine = build_engine(engine_model, tokenizer, num_blocks=24)
+    schedules = record_schedules(engine)
     assert_same_tokens(engine, alone_tokens)
     assert engine.scheduler.num_preemptions_total > 0
+    assert any(s.preempted_request_ids for s in schedules)
 
 
-def test_chunked_prefill_keeps_results(make_engine, alone_tokens) -> None:
-    engine = make_engine(max_num_batched_tokens=24, max_num_seqs=8)
+def test_chunked_prefill_keeps_results(
+    engine_model: GPT2LMHeadModel, tokenizer: Tokenizer, alone_tokens: dict[str, list[int]]
+) -> None:
+    engine = build_engine(engine_model, tokenizer, max_num_batched_tokens=24, max_num_seqs=8)
+    schedules = record_schedules(engine)
     assert_same_tokens(engine, alone_tokens)
+    assert max(s.num_batched_tokens for s in schedules) <= 24
+    chunks = [
+        entry
+        for schedule in schedules
+        for entry in schedule.scheduled
+        if entry.num_computed_tokens < entry.request.num_prompt_tokens
+    ]  # every prefill piece (prompts are distinct: no prefix-cache hits)
+    assert any(not c.sample for c in chunks)  # a prompt piece that does not finish its prompt
+    assert any(c.num_computed_tokens > 0 for c in chunks)  # a prompt resumed mid-way
+    assert engine.scheduler.num_preemptions_total == 0  # chunking, not preemption, split them
+
+
+def test_hf_saved_model_matches_transformers(
+    hf_saved_model_dir: Path, hf_saved_model: GPT2LMHeadModel, tokenizer: Tokenizer
+) -> None:
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_saved_model_dir).eval()
+    requests = {
+        f"p{i}": (random_prompt(5 + 11 * i, 70 + i), SamplingParams(max_tokens=16, **GREEDY))
+        for i in range(3)
+    }
+    outputs = run_to_completion(build_engine(hf_saved_model, tokenizer), requests)
+    for rid, (prompt, _) in requests.items():
+        with torch.no_grad():
+            expected = hf.generate(
+                torch.tensor([prompt]), max_new_tokens=16, do_sample=False, pad_token_id=0
+            )[0, len(prompt) :].tolist()
+        assert tokens_of(outputs[rid]) == expected, rid
 
 
 def test_matches_hf_greedy(tiny_model, make_engine) -> None:
@@ -143,9 +214,13 @@ def test_validation_errors(make_engine) -> None:
     assert not engine.has_unfinished_requests()
 
 
-def test_padded_decode_path_matches_eager(make_engine, alone_tokens) -> None:
+def test_padded_decode_path_matches_eager(
+    engine_model: GPT2LMHeadModel, tokenizer: Tokenizer, alone_tokens: dict[str, list[int]]
+) -> None:
     """The static-buffer path CUDA graphs replay, run eagerly on CPU: padding is harmless."""
-    engine = make_engine(num_blocks=512, max_num_seqs=20, decode_mode="padded")
+    engine = build_engine(
+        engine_model, tokenizer, num_blocks=512, max_num_seqs=20, decode_mode="padded"
+    )
     assert engine.runner.decode_runner is not None
     assert engine.runner.decode_runner.sizes == [1, 2, 4, 8, 16, 20]
     assert_same_tokens(engine, alone_tokens)

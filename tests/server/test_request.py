@@ -47,6 +47,16 @@ from server.request import Request, RequestStatus, SamplingParams, SamplingParam
         ({"stop_token_ids": [1.0]}, "stop_token_ids"),
         ({"stop_token_ids": list(range(65))}, "stop_token_ids"),
         ({"stop": [3]}, "stop"),
+        ({"stop": 5}, "stop"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+        ({"ignore_eos": 1}, "ignore_eos"),
+        ({"ignore_eos": None}, "ignore_eos"),
+        ({"logit_bias": [1]}, "logit_bias"),
+        ({"logit_bias": None}, "logit_bias"),
+        ({"stop_token_ids": 5}, "stop_token_ids"),
+        ({"stop_token_ids": None}, "stop_token_ids"),
+        ({"stop_token_ids": "12"}, "stop_token_ids"),
+        ({"stop_token_ids": (1, 2)}, "stop_token_ids"),
     ],
 )
 def test_each_invalid_field_names_itself(kwargs, param) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import pytest
 
+from server.engine import Engine, EngineLimits
 from server.request import SamplingParams
 from support.engine_driver import random_prompt, run_to_completion, tokens_of
 
@@ -68,7 +70,10 @@ def test_stop_token_ids_end_the_request(make_engine) -> None:
 
 def test_seed_reproduces_alone_and_in_a_batch(make_engine) -> None:
     prompt = random_prompt(8, seed=6)
-    params = {"max_tokens": 12, "temperature": 1.0, "seed": 1234, "ignore_eos": True}
+    # top_k keeps the candidates' CDF intervals wide: over the full vocabulary they are ~1e-5
+    # wide, and batched logits differ from solo ones by ~1e-6 (other GEMM shapes), enough to
+    # move a draw to the neighbouring token for a few percent of seeds.
+    params = {"max_tokens": 12, "temperature": 1.0, "top_k": 50, "seed": 1234, "ignore_eos": True}
     alone = generate(make_engine(), prompt, **params)
     batch = {
         f"other{i}": (random_prompt(5 + i, i), SamplingParams(max_tokens=12)) for i in range(6)
@@ -91,6 +96,40 @@ def test_presence_and_frequency_penalties_prevent_repeats(make_engine) -> None:
     assert len(set(penalized)) > len(set(free))
     # Every repeat costs 2 + 2 * count: no token can dominate the way it does unpenalized.
     assert max(penalized.count(t) for t in penalized) < max(free.count(t) for t in free)
+
+
+@pytest.fixture
+def narrow_engine(random_tiny_model, tokenizer) -> Callable[[], Engine]:
+    """Engines over `random:tiny`: GPT-2's init keeps every logit within ~1 of the others."""
+    return lambda: Engine(random_tiny_model, tokenizer, EngineLimits(num_blocks=256))
+
+
+def repeats(tokens: list[int]) -> int:
+    return len(tokens) - len(set(tokens))
+
+
+@pytest.mark.parametrize("penalty", ["presence_penalty", "frequency_penalty"])
+def test_each_openai_penalty_alone_stops_output_repeats(narrow_engine, penalty) -> None:
+    prompt = random_prompt(4, seed=7)
+    greedy = {"max_tokens": 40, "temperature": 0.0, "ignore_eos": True}
+    free = generate(narrow_engine(), prompt, **greedy)
+    assert repeats(free) > 20  # unpenalized greedy decoding loops on one token
+    # 2.0 off any token already generated outweighs every logit gap of this model.
+    penalized = generate(narrow_engine(), prompt, **greedy, **{penalty: 2.0})
+    assert repeats(penalized) == 0 and penalized[:2] == free[:2]
+
+
+def test_frequency_grows_with_count_while_presence_does_not(narrow_engine) -> None:
+    prompt = random_prompt(4, seed=7)
+    greedy = {"max_tokens": 30, "temperature": 0.0, "ignore_eos": True}
+    free = generate(narrow_engine(), prompt, **greedy)
+    loop = max(set(free), key=free.count)
+    # A penalty too small to beat the loop's lead once: presence charges it once and the loop
+    # survives; frequency charges every repeat again until the loop breaks.
+    presence = generate(narrow_engine(), prompt, **greedy, presence_penalty=0.05)
+    frequency = generate(narrow_engine(), prompt, **greedy, frequency_penalty=0.05)
+    assert presence.count(loop) == free.count(loop) > 15
+    assert frequency.count(loop) < 8 and len(set(frequency)) > len(set(presence))
 
 
 def test_repetition_penalty_avoids_prompt_tokens(make_engine) -> None:
@@ -117,6 +156,50 @@ def test_top_p_and_min_p_at_extremes_are_greedy(make_engine, control) -> None:
         make_engine(), prompt, max_tokens=10, temperature=1.0, ignore_eos=True, **control
     )
     assert sampled == greedy
+
+
+def test_temperature_near_zero_is_greedy(make_engine) -> None:
+    prompt = random_prompt(10, seed=11)
+    greedy = generate(make_engine(), prompt, max_tokens=16, temperature=0.0, ignore_eos=True)
+    for seed in range(3):
+        cold = generate(
+            make_engine(), prompt, max_tokens=16, temperature=1e-3, seed=seed, ignore_eos=True
+        )
+        assert cold == greedy
+
+
+def test_higher_temperature_spreads_over_more_tokens(make_engine) -> None:
+    prompt = random_prompt(6, seed=12)
+    greedy = generate(make_engine(), prompt, max_tokens=1, temperature=0.0)
+
+    def first_tokens(temperature: float) -> set[int]:
+        params = SamplingParams(max_tokens=1, temperature=temperature, seed=0, n=16)
+        outputs = run_to_completion(make_engine(), {"x": (prompt, params)})["x"]
+        return {t for o in outputs for t in o.token_ids}  # seeds 0..15, one per choice
+
+    assert first_tokens(0.05) == set(greedy)
+    assert len(first_tokens(0.5)) < len(first_tokens(1.5)) and len(first_tokens(1.5)) > 8
+
+
+def test_logprob_of_a_forced_token_is_its_unbiased_value(make_engine) -> None:
+    prompt = random_prompt(10, seed=13)
+    free = run_to_completion(
+        make_engine(),
+        {"x": (prompt, SamplingParams(max_tokens=1, temperature=0.0, logprobs=5))},
+    )["x"]
+    runner_up, runner_up_logprob = free[0].logprobs[0].top[1]
+    forced = run_to_completion(
+        make_engine(),
+        {"x": (prompt, SamplingParams(max_tokens=1, logprobs=5, logit_bias={runner_up: 100}))},
+    )["x"]
+    (entry,) = forced[0].logprobs
+    assert forced[0].token_ids == [runner_up] and entry.token_id == runner_up
+    # +100 made it certain to be drawn; the reported logprob is still the model's own.
+    assert entry.logprob == pytest.approx(runner_up_logprob, abs=1e-5) and entry.logprob < -0.01
+    for (token, logprob), (free_token, free_logprob) in zip(
+        entry.top, free[0].logprobs[0].top, strict=True
+    ):
+        assert token == free_token and logprob == pytest.approx(free_logprob, abs=1e-5)
 
 
 def test_logprobs_are_finite_sorted_and_consistent(make_engine) -> None:
