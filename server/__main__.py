@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 import time
 from typing import Any
@@ -54,6 +55,15 @@ class DrainingServer(uvicorn.Server):
         self.shutdown_timeout = shutdown_timeout
         self._drain_task: asyncio.Task | None = None
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Build the engine (lifespan) and bind; only then announce the URL, once ready."""
+        await super().startup(sockets)
+        if not self.should_exit:
+            logger.info(
+                "serving %s at http://%s:%d/v1",
+                self.app.state.ctx.model_name, self.config.host, self.config.port,
+            )  # fmt: skip
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         """First signal drains; a second one exits at once."""
         ctx = getattr(self.app.state, "ctx", None)
@@ -93,9 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
     )
-    server = DrainingServer(config, app, settings.shutdown_timeout)
-    logger.info("serving %s at http://%s:%d/v1", settings.model_name, settings.host, settings.port)
-    server.run()
+    DrainingServer(config, app, settings.shutdown_timeout).run()
 
 
 if __name__ == "__main__":

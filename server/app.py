@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
@@ -85,14 +85,14 @@ def _attach_context(app: FastAPI, settings: ServerSettings, engine: Engine) -> N
 def _count_error(app: FastAPI, status: int) -> None:
     ctx = getattr(app.state, "ctx", None)
     if ctx is not None:
-        ctx.metrics.labelled(ctx.metrics.request_errors, code=str(status)).inc()
+        ctx.count_error(status)
 
 
 def _context(request: Request) -> ServingContext:
     return request.app.state.ctx
 
 
-def _auth(settings: ServerSettings):
+def _auth(settings: ServerSettings) -> Callable[[Request], Awaitable[None]]:
     expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
 
     async def check(request: Request) -> None:
@@ -109,11 +109,11 @@ def _add_routes(app: FastAPI, settings: ServerSettings) -> None:
     auth = [Depends(_auth(settings))]
 
     @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: CompletionRequest, request: Request):
+    async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(_context(request), body, request)
 
     @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await create_chat_completion(_context(request), body, request)
 
     @app.get("/v1/models", dependencies=auth)

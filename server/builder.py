@@ -72,7 +72,7 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
     )  # fmt: skip
     num_blocks = determine_num_blocks(
         model, settings.block_size, settings.num_kv_blocks, settings.kv_cache_gb,
-        settings.gpu_memory_utilization,
+        settings.gpu_memory_utilization, settings.max_num_batched_tokens, settings.max_num_seqs,
     )  # fmt: skip
     limits = EngineLimits(
         block_size=settings.block_size,
@@ -85,7 +85,7 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
     )
     engine = Engine(model, tokenizer, limits)
     logger.info(
-        "KV cache: %d blocks of %d tokens = %d tokens", num_blocks - 1, settings.block_size,
+        "KV cache: %d blocks x %d tokens = %d tokens", num_blocks - 1, settings.block_size,
         (num_blocks - 1) * settings.block_size,
     )  # fmt: skip
     return engine, tokenizer

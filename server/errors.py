@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,16 @@ _TYPES = {
     413: "invalid_request_error",
     503: "service_unavailable",
 }
+
+
+# nginx's "client closed request": never sent (the client is gone), and not a server error.
+CLIENT_CLOSED_REQUEST = 499
+INTERNAL_ERROR_MESSAGE = "internal server error"
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away before the response was ready."""
 
 
 class APIError(Exception):
@@ -99,14 +109,23 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         note(exc.status_code)
+        message = str(exc.detail)
+        if message == _FASTAPI_BODY_ERROR:  # e.g. bytes that are not UTF-8
+            message = "request body could not be parsed: it must be UTF-8 encoded JSON"
         return JSONResponse(
-            error_body(exc.status_code, str(exc.detail)),
+            error_body(exc.status_code, message),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
+
+    @app.exception_handler(ClientDisconnectedError)
+    async def _client_gone(request: Request, _: ClientDisconnectedError) -> Response:
+        # The request was already aborted; nobody reads this answer and it is no server error.
+        logger.debug("client disconnected before the response to %s", request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(Exception)
     async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error while serving a request")
         note(500)
-        return JSONResponse(error_body(500, "internal server error"), status_code=500)
+        return JSONResponse(error_body(500, INTERNAL_ERROR_MESSAGE), status_code=500)

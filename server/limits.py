@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import error_body
 from server.sse import encode_json
 
 
-class _BodyTooLargeError(Exception):
-    pass
+class BodyTooLargeError(HTTPException):
+    """The request body is over the limit (raised while the route reads it)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body exceeds {max_bytes} bytes")
 
 
 class BodySizeLimitMiddleware:
-    """Reject bodies over `max_bytes`, by Content-Length up front or while streaming in."""
+    """Reject bodies over `max_bytes`, by Content-Length up front or while streaming in.
+
+    The rejection is raised from `receive` as an HTTPException: FastAPI re-raises those from
+    body parsing (any other exception there becomes a generic 400), so the app's own error
+    handlers answer the 413 envelope and count it in the error metric, for both cases.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -25,19 +34,21 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
-            return
+        too_large_declared = (
+            declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        )
         received = 0
         response_started = False
 
         async def counting_receive() -> Message:
             nonlocal received
+            if too_large_declared:  # refuse before reading a byte of it
+                raise BodyTooLargeError(self.max_bytes)
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLargeError
+                    raise BodyTooLargeError(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -48,7 +59,8 @@ class BodySizeLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLargeError:
+        except BodyTooLargeError:
+            # Only reached if the body was read outside a route's handlers (none today).
             if not response_started:
                 await self._reject(send)
 

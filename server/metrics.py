@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
@@ -11,6 +13,7 @@ ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 LATENCY_BUCKETS = [0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0]  # fmt: skip
 ITERATION_TOKEN_BUCKETS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+FINISHED_REASONS = ("stop", "length", "abort")
 
 
 def one_two_five_buckets(max_value: int) -> list[int]:
@@ -83,8 +86,20 @@ class Metrics:
         self.iteration_tokens = histogram(
             "iteration_tokens_total", "Tokens per engine step.", ITERATION_TOKEN_BUCKETS
         )
+        self._create_children()
 
-    def labelled(self, metric, **extra: str):
+    def _create_children(self) -> None:
+        """Export every series from the start (at 0), as vLLM does, so dashboards see them."""
+        for metric in vars(self).values():
+            if not isinstance(metric, (Gauge, Counter, Histogram)):
+                continue
+            if metric is self.request_success:
+                for reason in FINISHED_REASONS:
+                    self.labelled(metric, finished_reason=reason)
+            elif metric is not self.request_errors:  # its codes appear as they happen
+                self.labelled(metric)
+
+    def labelled(self, metric: Counter | Gauge | Histogram, **extra: str) -> Any:
         """The child of `metric` for this model (and any extra labels)."""
         return metric.labels(model_name=self.model_name, **extra)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import IncrementalDetokenizer, Tokenizer
 from server.sampler import TokenLogprobs
 
 
@@ -18,11 +18,18 @@ def token_string(tokenizer: Tokenizer, token_id: int) -> str:
 
 
 class LegacyLogprobs:
-    """Accumulates the completions API's `logprobs` object for one choice."""
+    """Accumulates the completions API's `logprobs` object for one choice.
+
+    `text_offset[i]` is where token i starts in the choice's text: the length of the text
+    decoded from all earlier tokens. Decoded incrementally, as the engine does, so a token
+    holding part of a multi-byte character adds nothing until the character completes
+    (`len(decode([id]))` would count a U+FFFD per fragment and drift past the text).
+    """
 
     def __init__(self, tokenizer: Tokenizer, text_offset: int = 0) -> None:
         self.tokenizer = tokenizer
         self.offset = text_offset
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.tokens: list[str] = []
         self.token_logprobs: list[float | None] = []
         self.top_logprobs: list[dict[str, float] | None] = []
@@ -36,7 +43,7 @@ class LegacyLogprobs:
         top = {token_string(self.tokenizer, t): lp for t, lp in entry.top}
         self.top_logprobs.append(top)
         self.text_offset.append(self.offset)
-        self.offset += len(self.tokenizer.decode([entry.token_id]))
+        self.offset += len(self.detokenizer.add(entry.token_id))
 
     def take(self) -> dict[str, Any]:
         """The object for what was added since the last `take` (streaming) or all of it."""

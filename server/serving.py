@@ -29,7 +29,9 @@ class ServingContext:
     chat_template: ChatTemplate
     max_waiting_requests: int = 1024
     draining: bool = False
-    num_open_requests: int = 0
+    # Engine sequences (one per prompt per choice) admitted by the API and not yet released;
+    # counted at admission, before the engine or a stream generator has seen the request.
+    num_open_sequences: int = 0
 
     def check_model(self, model: str | None) -> None:
         """404 for a model name this server does not serve (absent means ours)."""
@@ -39,19 +41,37 @@ class ServingContext:
                 "model", "model_not_found",
             )  # fmt: skip
 
-    def check_capacity(self) -> None:
-        """503 with Retry-After while draining or when the waiting queue is full."""
+    @property
+    def num_waiting_sequences(self) -> int:
+        """Admitted sequences the scheduler is not running, in the scheduler's unit."""
+        return max(0, self.num_open_sequences - self.engine.engine.scheduler.num_running)
+
+    def admit(self, num_sequences: int) -> Admission:
+        """Reserve room for a request, or 503 (with Retry-After) when there is none."""
         if self.draining:
             raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
         if not self.engine.is_alive:
             raise APIError(503, "the engine is not running", code="engine_dead")
-        num_waiting = self.num_open_requests - self.engine.engine.scheduler.num_running
+        num_waiting = self.num_waiting_sequences
         if num_waiting >= self.max_waiting_requests:
             raise APIError(
                 503,
                 f"the server is overloaded ({num_waiting} requests waiting); retry later",
                 headers={"Retry-After": "1"},
             )
+        self.num_open_sequences += num_sequences
+        return Admission(self, num_sequences)
+
+    def count_error(self, status: int) -> None:
+        """Count one error answer (or error chunk) in `request_errors_total{code}`."""
+        self.metrics.labelled(self.metrics.request_errors, code=str(status)).inc()
+
+    @property
+    def max_sequence_tokens(self) -> int:
+        """Prompt + output tokens one sequence can hold: the context, or less if the cache is."""
+        engine = self.engine.engine
+        cache_tokens = engine.block_manager.num_usable_blocks * engine.limits.block_size
+        return min(self.max_model_len, cache_tokens)
 
     def sampling_params(
         self,
@@ -63,7 +83,8 @@ class ServingContext:
         """Validated engine parameters for every prompt of this body (400 on any problem)."""
         longest = max(len(p) for p in prompts)
         if max_tokens is None:
-            max_tokens = max(1, self.max_model_len - longest)
+            # All the room left; if none is, validation below names the numbers.
+            max_tokens = max(1, self.max_sequence_tokens - longest)
         try:
             params = body.sampling_params(max_tokens, logprobs)
             for prompt in prompts:
@@ -77,6 +98,21 @@ class ServingContext:
     def encode(self, text: str) -> list[int]:
         """Tokenize a prompt string."""
         return self.tokenizer.encode(text)
+
+
+class Admission:
+    """A request's place in the admission count; `release` is idempotent."""
+
+    def __init__(self, ctx: ServingContext, num_sequences: int) -> None:
+        self.ctx = ctx
+        self.num_sequences = num_sequences
+        self.released = False
+
+    def release(self) -> None:
+        """Give the place back (the request finished, failed or was abandoned)."""
+        if not self.released:
+            self.released = True
+            self.ctx.num_open_sequences -= self.num_sequences
 
 
 @dataclass

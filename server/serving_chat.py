@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 from starlette.requests import Request as HTTPRequest
 
-from server.async_engine import EngineDeadError
 from server.chat_template import ChatTemplateError
-from server.errors import APIError, error_body
+from server.errors import APIError
 from server.openai_format import chat_logprob_entries, usage
 from server.protocol import ChatCompletionRequest, ChatMessage
-from server.request import SamplingParams
+from server.request import RequestOutput, SamplingParams
+from server.sampler import TokenLogprobs
 from server.serving import ChoiceState, ServingContext, new_request_id, now
-from server.sse import DONE, sse_event
-from server.streams import RequestTracker, merged_outputs, unless_disconnected
+from server.sse import sse_event
+from server.streams import (
+    AdmittedStreamingResponse,
+    RequestTracker,
+    collected_response,
+    guarded_sse,
+    merged_outputs,
+)
 
 
 def render_chat_prompt(
@@ -34,24 +41,18 @@ def render_chat_prompt(
 
 async def create_chat_completion(
     ctx: ServingContext, body: ChatCompletionRequest, http: HTTPRequest
-):
+) -> Response:
     """Serve one chat completions request."""
     ctx.check_model(body.model)
     prompt = render_chat_prompt(ctx, body.messages, body.add_generation_prompt)
     num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
     params = ctx.sampling_params(body, [prompt], max_tokens, num_logprobs)
-    ctx.check_capacity()
     job = _ChatJob(ctx, body, prompt, params)
+    admission = ctx.admit(params.n)
     if body.stream:
-        return StreamingResponse(job.stream(), media_type="text/event-stream")
-    ctx.num_open_requests += 1
-    try:
-        return JSONResponse(await unless_disconnected(job.collect(), http))
-    except EngineDeadError as exc:
-        raise APIError(503, str(exc), code="engine_dead") from exc
-    finally:
-        ctx.num_open_requests -= 1
+        return AdmittedStreamingResponse(guarded_sse(ctx, job.events()), admission)
+    return await collected_response(job.collect(), http, admission)
 
 
 class _ChatJob:
@@ -72,10 +73,10 @@ class _ChatJob:
         self.created = now()
         self.tracker = RequestTracker(ctx.metrics, len(prompt))
 
-    def _outputs(self):
+    def _outputs(self) -> AsyncGenerator[tuple[int, RequestOutput], None]:
         return merged_outputs(self.ctx.engine, [self.prompt], self.params, self.request_id)
 
-    def _logprobs(self, entries) -> dict[str, Any] | None:
+    def _logprobs(self, entries: list[TokenLogprobs]) -> dict[str, Any] | None:
         if self.params.logprobs is None:
             return None
         return {"content": chat_logprob_entries(self.ctx.tokenizer, entries)}
@@ -83,9 +84,10 @@ class _ChatJob:
     async def collect(self) -> dict[str, Any]:
         """Run to completion and build the whole response."""
         states: dict[int, ChoiceState] = {}
-        async for _, output in self._outputs():
-            self.tracker.on_output(output)
-            states.setdefault(output.index, ChoiceState()).add(output)
+        async with aclosing(self._outputs()) as outputs:
+            async for _, output in outputs:
+                self.tracker.on_output(output)
+                states.setdefault(output.index, ChoiceState()).add(output)
         self.tracker.on_done()
         choices = [
             {
@@ -103,32 +105,24 @@ class _ChatJob:
             "usage": usage(len(self.prompt), sum(s.num_tokens for s in states.values())),
         }
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """SSE chunks: role first, then content deltas, optional usage, then [DONE]."""
-        self.ctx.num_open_requests += 1
+    async def events(self) -> AsyncGenerator[bytes, None]:
+        """SSE chunks: role first, then content deltas, then an optional usage chunk."""
         num_tokens: dict[int, int] = {}
-        try:
-            async for _, output in self._outputs():
+        async with aclosing(self._outputs()) as outputs:
+            async for _, output in outputs:
                 self.tracker.on_output(output)
                 if output.index not in num_tokens:
                     num_tokens[output.index] = 0
                     yield self._chunk(output.index, {"role": "assistant", "content": ""})
                 num_tokens[output.index] = max(num_tokens[output.index], output.num_output_tokens)
-                logprobs = self._logprobs(output.logprobs or []) if output.logprobs else None
+                logprobs = self._logprobs(output.logprobs) if output.logprobs else None
                 if output.text or output.finished or logprobs:
                     delta = {"content": output.text} if output.text else {}
                     yield self._chunk(output.index, delta, logprobs, output.finish_reason)
-            self.tracker.on_done()
-            if self.body.include_usage:
-                total = usage(len(self.prompt), sum(num_tokens.values()))
-                yield sse_event(
-                    {**self._base("chat.completion.chunk"), "choices": [], "usage": total}
-                )
-        except EngineDeadError as exc:
-            yield sse_event(error_body(503, str(exc), code="engine_dead"))
-        finally:
-            self.ctx.num_open_requests -= 1
-        yield DONE
+        self.tracker.on_done()
+        if self.body.include_usage:
+            total = usage(len(self.prompt), sum(num_tokens.values()))
+            yield sse_event({**self._base("chat.completion.chunk"), "choices": [], "usage": total})
 
     def _base(self, obj: str) -> dict[str, Any]:
         return {

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response
 from starlette.requests import Request as HTTPRequest
 
-from server.async_engine import EngineDeadError
-from server.errors import APIError, error_body
+from server.errors import APIError
 from server.openai_format import LegacyLogprobs, usage
 from server.protocol import CompletionRequest
-from server.request import SamplingParams
+from server.request import RequestOutput, SamplingParams
 from server.serving import ChoiceState, ServingContext, new_request_id, now
-from server.sse import DONE, sse_event
-from server.streams import RequestTracker, merged_outputs, unless_disconnected
+from server.sse import sse_event
+from server.streams import (
+    AdmittedStreamingResponse,
+    RequestTracker,
+    collected_response,
+    guarded_sse,
+    merged_outputs,
+)
 
 
 def prompt_token_lists(ctx: ServingContext, prompt: Any) -> list[list[int]]:
@@ -42,23 +48,19 @@ def _check_unsupported(body: CompletionRequest) -> None:
         raise APIError(400, "echo together with logprobs is not supported yet", "echo")
 
 
-async def create_completion(ctx: ServingContext, body: CompletionRequest, http: HTTPRequest):
+async def create_completion(
+    ctx: ServingContext, body: CompletionRequest, http: HTTPRequest
+) -> Response:
     """Serve one completions request."""
     ctx.check_model(body.model)
     _check_unsupported(body)
     prompts = prompt_token_lists(ctx, body.prompt)
     params = ctx.sampling_params(body, prompts, body.max_tokens, body.logprobs)
-    ctx.check_capacity()
     job = _CompletionJob(ctx, body, prompts, params)
+    admission = ctx.admit(len(prompts) * params.n)
     if body.stream:
-        return StreamingResponse(job.stream(), media_type="text/event-stream")
-    ctx.num_open_requests += 1
-    try:
-        return JSONResponse(await unless_disconnected(job.collect(), http))
-    except EngineDeadError as exc:
-        raise APIError(503, str(exc), code="engine_dead") from exc
-    finally:
-        ctx.num_open_requests -= 1
+        return AdmittedStreamingResponse(guarded_sse(ctx, job.events()), admission)
+    return await collected_response(job.collect(), http, admission)
 
 
 class _CompletionJob:
@@ -90,12 +92,11 @@ class _CompletionJob:
     async def collect(self) -> dict[str, Any]:
         """Run to completion and build the whole response."""
         states: dict[int, ChoiceState] = {}
-        async for prompt_index, output in merged_outputs(
-            self.ctx.engine, self.prompts, self.params, self.request_id
-        ):
-            self.tracker.on_output(output)
-            index = self._index(prompt_index, output.index)
-            states.setdefault(index, ChoiceState()).add(output)
+        async with aclosing(self._outputs()) as outputs:
+            async for prompt_index, output in outputs:
+                self.tracker.on_output(output)
+                index = self._index(prompt_index, output.index)
+                states.setdefault(index, ChoiceState()).add(output)
         self.tracker.on_done()
         choices = [self._choice(i, states[i]) for i in sorted(states)]
         return {
@@ -123,20 +124,19 @@ class _CompletionJob:
             "stop_reason": state.stop_reason,
         }
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        """SSE chunks: one per delta, an optional usage chunk, then [DONE]."""
-        self.ctx.num_open_requests += 1
+    def _outputs(self) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+        return merged_outputs(self.ctx.engine, self.prompts, self.params, self.request_id)
+
+    async def events(self) -> AsyncGenerator[bytes, None]:
+        """SSE chunks: one per delta, then an optional usage chunk (errors and [DONE]: caller)."""
         states: dict[int, ChoiceState] = {}
         legacy: dict[int, LegacyLogprobs] = {}
-        try:
-            async for prompt_index, output in merged_outputs(
-                self.ctx.engine, self.prompts, self.params, self.request_id
-            ):
+        async with aclosing(self._outputs()) as outputs:
+            async for prompt_index, output in outputs:
                 self.tracker.on_output(output)
                 index = self._index(prompt_index, output.index)
                 first = index not in states
-                state = states.setdefault(index, ChoiceState())
-                state.add(output)
+                states.setdefault(index, ChoiceState()).add(output)
                 text = output.text
                 if first and self.prompt_texts:
                     text = self.prompt_texts[prompt_index] + text
@@ -148,14 +148,9 @@ class _CompletionJob:
                     logprobs = acc.take()
                 if text or output.finished or logprobs:
                     yield sse_event(self._chunk(index, text, logprobs, output.finish_reason))
-            self.tracker.on_done()
-            if self.body.include_usage:
-                yield sse_event({**self._chunk_base(), "choices": [], "usage": self._usage(states)})
-        except EngineDeadError as exc:
-            yield sse_event(error_body(503, str(exc), code="engine_dead"))
-        finally:
-            self.ctx.num_open_requests -= 1
-        yield DONE
+        self.tracker.on_done()
+        if self.body.include_usage:
+            yield sse_event({**self._chunk_base(), "choices": [], "usage": self._usage(states)})
 
     def _chunk_base(self) -> dict[str, Any]:
         return {

@@ -4,30 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import TypeVar
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar
 
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request as HTTPRequest
+from starlette.types import Receive, Scope, Send
 
-from server.async_engine import AsyncEngine
+from server.async_engine import AsyncEngine, EngineDeadError
+from server.errors import INTERNAL_ERROR_MESSAGE, APIError, ClientDisconnectedError, error_body
 from server.metrics import Metrics
 from server.request import RequestOutput, SamplingParams
+from server.serving import Admission, ServingContext
+from server.sse import DONE, sse_event
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
-
-class ClientDisconnectedError(Exception):
-    """The client went away before the response was ready."""
+__all__ = [
+    "AdmittedStreamingResponse",
+    "ClientDisconnectedError",
+    "RequestTracker",
+    "collected_response",
+    "guarded_sse",
+    "merged_outputs",
+    "unless_disconnected",
+]
 
 
 async def merged_outputs(
     engine: AsyncEngine, prompts: list[list[int]], params: SamplingParams, request_id: str
-) -> AsyncIterator[tuple[int, RequestOutput]]:
+) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     """Outputs of one request per prompt, as `(prompt_index, output)`, in arrival order."""
     if len(prompts) == 1:
-        async for output in engine.generate(prompts[0], params, request_id):
-            yield 0, output
+        # aclosing: closing this generator must abort the engine request now, not at GC.
+        async with contextlib.aclosing(engine.generate(prompts[0], params, request_id)) as outs:
+            async for output in outs:
+                yield 0, output
         return
     queue: asyncio.Queue = asyncio.Queue()
 
@@ -74,6 +89,60 @@ async def unless_disconnected(awaitable: Awaitable[T], http_request: HTTPRequest
                 await task
 
 
+async def collected_response(
+    awaitable: Awaitable[dict[str, Any]], http_request: HTTPRequest, admission: Admission
+) -> JSONResponse:
+    """A non-streamed answer; the admission is released however it ends."""
+    try:
+        return JSONResponse(await unless_disconnected(awaitable, http_request))
+    except EngineDeadError as exc:
+        raise APIError(503, str(exc), code="engine_dead") from exc
+    finally:
+        admission.release()
+
+
+async def guarded_sse(
+    ctx: ServingContext, events: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """`events`, then `data: [DONE]`; a failure after the stream started becomes an error chunk.
+
+    The status line (200) is already sent, so the error travels as a final
+    `data: {"error": ...}` event, counted like an error answer; no traceback reaches the client.
+    """
+    try:
+        async for event in events:
+            yield event
+    except EngineDeadError as exc:
+        ctx.count_error(503)
+        yield sse_event(error_body(503, str(exc), code="engine_dead"))
+    except Exception:
+        logger.exception("error while streaming a response")
+        ctx.count_error(500)
+        yield sse_event(error_body(500, INTERNAL_ERROR_MESSAGE))
+    finally:
+        await events.aclose()  # left early (client gone): abort the engine request now
+    yield DONE
+
+
+class AdmittedStreamingResponse(StreamingResponse):
+    """An SSE response that closes its stream and releases its admission however it ends."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], admission: Admission) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self.events = events
+        self.admission = admission
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Stream; then close the generator, which may never have started (no finally ran)."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self.events.aclose()
+            finally:
+                self.admission.release()
+
+
 class RequestTracker:
     """Per-request latency metrics: TTFT, inter-token latency, end-to-end, token counts."""
 
@@ -95,6 +164,8 @@ class RequestTracker:
         self.last_token_time = now
         self.num_generated += len(output.token_ids)
         if output.finished:
+            # Per choice, as vLLM v1: its n > 1 fans out into child requests, and each child
+            # that finishes increments request_success_total (OutputProcessor, per request state).
             m.labelled(m.request_success, finished_reason=output.finish_reason or "abort").inc()
 
     def on_done(self) -> None:

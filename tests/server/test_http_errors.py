@@ -20,7 +20,9 @@ def post(base_url: str, path: str, **kwargs) -> httpx.Response:
     return httpx.post(f"{base_url}{path}", timeout=30, **kwargs)
 
 
-def assert_error(response: httpx.Response, status: int, fragment: str, param: str | None = None):
+def assert_error(
+    response: httpx.Response, status: int, fragment: str, param: str | None = None
+) -> dict:
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
@@ -28,6 +30,7 @@ def assert_error(response: httpx.Response, status: int, fragment: str, param: st
     if param is not None:
         assert error["param"] == param
     assert "Traceback" not in response.text
+    return error
 
 
 @pytest.mark.parametrize(
@@ -71,13 +74,22 @@ def test_malformed_json_and_bad_utf8_are_400(base_url) -> None:
         post(base_url, "/v1/completions", content=b"{not json", headers=headers), 400, "JSON"
     )
     bad = b'{"prompt": "\xff\xfe", "max_tokens": 2}'
-    assert post(base_url, "/v1/completions", content=bad, headers=headers).status_code == 400
+    response = post(base_url, "/v1/completions", content=bad, headers=headers)
+    assert_error(response, 400, "UTF-8")
+    assert response.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_unknown_model_is_404(base_url) -> None:
     response = post(base_url, "/v1/completions", json={"model": "gpt-4", "prompt": "x"})
     assert_error(response, 404, "does not exist", "model")
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_chat_unknown_model_is_404(base_url) -> None:
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
+    response = post(base_url, "/v1/chat/completions", json=body)
+    error = assert_error(response, 404, "does not exist", "model")
+    assert error["code"] == "model_not_found" and error["type"] == "not_found_error"
 
 
 def test_body_over_limit_is_413(base_url) -> None:

@@ -81,32 +81,47 @@ def test_n2_and_logprobs(client) -> None:
     for choice in result.choices:
         lp = choice.logprobs
         assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 5
-        assert all(len(top) <= 2 for top in lp.top_logprobs)
+        assert all(len(top) == 2 for top in lp.top_logprobs)
         assert "".join(lp.tokens) == choice.text
-        assert lp.text_offset[0] == 0
+        # Each token starts where the previous ones' text ends, and its text is there.
+        starts = [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+        assert lp.text_offset == starts
+        for token, start in zip(lp.tokens, lp.text_offset, strict=True):
+            assert choice.text[start : start + len(token)] == token
     assert result.usage.completion_tokens == 10
 
 
+def complete(client, prompt, max_tokens: int, **extra):
+    return client.completions.create(model="tiny", prompt=prompt, max_tokens=max_tokens, **extra)
+
+
 def test_prompt_forms(client) -> None:
-    as_ids = client.completions.create(model="tiny", prompt=[15496, 995], max_tokens=4, **GREEDY)
-    as_text = client.completions.create(model="tiny", prompt="Hello world", max_tokens=4, **GREEDY)
+    as_ids = complete(client, [15496, 995], 4, **GREEDY)
+    as_text = complete(client, "Hello world", 4, **GREEDY)
     assert as_ids.choices[0].text == as_text.choices[0].text
-    many = client.completions.create(
-        model="tiny", prompt=["Hello world", "Goodbye"], max_tokens=4, n=2, **GREEDY
-    )
+    goodbye = complete(client, "Goodbye", 4, **GREEDY)
+    many = complete(client, ["Hello world", "Goodbye"], 4, n=2, **GREEDY)
     assert [c.index for c in many.choices] == [0, 1, 2, 3]
-    assert many.choices[0].text == as_text.choices[0].text
-    batch = client.completions.create(
-        model="tiny", prompt=[[15496, 995], [1, 2, 3]], max_tokens=3, **GREEDY
-    )
-    assert len(batch.choices) == 2
+    # Choices are grouped by prompt (index = prompt * n + choice), each from its own prompt.
+    expected = [as_text.choices[0].text] * 2 + [goodbye.choices[0].text] * 2
+    assert [c.text for c in many.choices] == expected
+    assert as_text.choices[0].text != goodbye.choices[0].text
+    batch = complete(client, [[15496, 995], [1, 2, 3]], 3, **GREEDY)
+    singles = [
+        complete(client, ids, 3, **GREEDY).choices[0].text for ids in ([15496, 995], [1, 2, 3])
+    ]
+    assert [c.text for c in batch.choices] == singles
+    assert batch.usage.prompt_tokens == 5 and batch.usage.completion_tokens == 6
 
 
 def test_echo_prepends_the_prompt(client) -> None:
-    result = client.completions.create(
-        model="tiny", prompt="Echo this", max_tokens=3, echo=True, **GREEDY
-    )
-    assert result.choices[0].text.startswith("Echo this")
+    result = complete(client, "Echo this", 3, echo=True, **GREEDY)
+    plain = complete(client, "Echo this", 3, **GREEDY)
+    assert result.choices[0].text == "Echo this" + plain.choices[0].text
+    chunks = list(complete(client, "Echo this", 3, echo=True, stream=True, **GREEDY))
+    texts = [c.choices[0].text for c in chunks if c.choices]
+    assert texts[0].startswith("Echo this")
+    assert "".join(texts) == result.choices[0].text
 
 
 def test_chat_streamed_and_not(client) -> None:
