@@ -95,9 +95,8 @@ class Sampler:
                 rows.append(row)
                 cols.append(int(token_id))
                 values.append(float(bias))
-        if rows:
-            index = (self._ids(rows), self._ids(cols))
-            logits.index_put_(index, self._floats(values), accumulate=True)
+        if rows:  # a dict per request: (row, token) pairs are unique, as the kernel needs
+            kernels.add_logit_bias(logits, self._ids(rows), self._ids(cols), self._floats(values))
 
     def _apply_penalties(self, logits: torch.Tensor, requests: Sequence[Request]) -> None:
         rows = [i for i, r in enumerate(requests) if r.sampling_params.needs_penalties]
@@ -106,7 +105,7 @@ class Sampler:
         selected = [requests[i] for i in rows]
         params = [r.sampling_params for r in selected]
         row_index = self._ids(rows)
-        logits[row_index] = reference.apply_penalties(
+        logits[row_index] = kernels.apply_penalties(
             logits[row_index],
             self._padded([r.prompt_token_ids for r in selected]),
             self._padded([r.output_token_ids for r in selected]),
@@ -140,7 +139,8 @@ class Sampler:
     ) -> SamplerOutput:
         """Sampled ids and logprobs from the unmodified distribution, in one host transfer."""
         num_top = max(w or 0 for w in wanted)
-        chosen, top_ids, top_values = reference.top_logprobs(raw_logits, token_ids, num_top)
+        chosen = kernels.chosen_logprobs(raw_logits, token_ids)  # [num_seqs]
+        top_ids, top_values = top_logprobs(raw_logits, num_top)  # [num_seqs, num_top] each
         # One [num_seqs, 2 + 2 * num_top] float64 table: ids < 2**53 and fp32 values are exact.
         table = torch.cat(
             [
@@ -163,6 +163,19 @@ class Sampler:
             top = [(int(t), lp) for t, lp in zip(top_id_values, top_lp_values, strict=True)]
             logprobs.append(TokenLogprobs(int(row[0]), row[1], top))
         return SamplerOutput(ids, logprobs)
+
+
+def top_logprobs(
+    raw_logits: torch.Tensor,  # [num_seqs, vocab]
+    num_top: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # ids int64, logprobs float32: [num_seqs, num_top]
+    """The `num_top` most likely tokens: a top-k of the logits minus the row's log-sum-exp."""
+    if num_top == 0:
+        empty = raw_logits[:, :0]
+        return empty.long(), empty.float()
+    logits = raw_logits.float()
+    values, ids = logits.topk(num_top, dim=-1)  # same order as the log-softmax's
+    return ids, values - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
 def json_safe_logprobs(values: torch.Tensor) -> torch.Tensor:  # same shape as `values`
