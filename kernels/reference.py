@@ -35,12 +35,11 @@ def _gather_context(
     """Read the first `context_len` token rows of each sequence from its pages."""
     block_size = cache.shape[1]
     num_blocks_needed = (context_len + block_size - 1) // block_size
-    blocks = block_table[:, :num_blocks_needed].long()  # [num_seqs, num_blocks_needed]
-    pages = cache[blocks]  # [num_seqs, num_blocks_needed, block_size, n_head, head_dim]
-    num_seqs = pages.shape[0]
-    return pages.reshape(num_seqs, num_blocks_needed * block_size, *cache.shape[2:])[
-        :, :context_len
-    ]
+    num_seqs = block_table.shape[0]
+    blocks = block_table[:, :num_blocks_needed].reshape(-1).long()  # [num_seqs * needed]
+    # index_select copies whole pages; advanced indexing (cache[blocks]) is ~6x slower on CPU.
+    pages = cache.index_select(0, blocks)  # [num_seqs * needed, block_size, n_head, head_dim]
+    return pages.view(num_seqs, num_blocks_needed * block_size, *cache.shape[2:])[:, :context_len]
 
 
 def paged_attention(
@@ -97,19 +96,23 @@ def _decode_attention(
     seq_lens: torch.Tensor,  # [num_seqs]
     scale: float,
 ) -> torch.Tensor:  # [num_seqs, n_head, head_dim]
-    """One query per sequence over its context; sequences padded to the longest and masked.
+    """One query per sequence over its context, a sequence at a time.
 
-    Plain einsums over the gathered pages: on CPU this is ~2.5x faster than SDPA with a mask.
+    Per sequence, its pages are copied once into a small buffer that stays in cache, and two
+    batched-over-heads matmuls read it through strided views. On CPU this beats one padded
+    batch (whose gathered K/V for many long sequences spill to DRAM and page-fault when
+    allocated) by 3-7x from batch 16 up.
     """
-    max_len = int(seq_lens.max())
-    keys = _gather_context(k_cache, block_tables, max_len)  # [num_seqs, max_len, n_head, head_dim]
-    values = _gather_context(v_cache, block_tables, max_len)
-    scores = torch.einsum("bhd,blhd->bhl", query.float(), keys.float()) * scale
-    positions = torch.arange(max_len, device=query.device)  # [max_len]
-    padding = positions[None, :] >= seq_lens[:, None].to(positions.device)  # [num_seqs, max_len]
-    scores.masked_fill_(padding[:, None, :], float("-inf"))  # [num_seqs, n_head, max_len]
-    out = torch.einsum("bhl,blhd->bhd", scores.softmax(dim=-1), values.float())
-    return out.to(query.dtype)
+    output = torch.empty_like(query)
+    queries = query.float()[:, :, None, :]  # [num_seqs, n_head, 1, head_dim]
+    for row, seq_len in enumerate(seq_lens.tolist()):
+        table = block_tables[row : row + 1]  # [1, max_blocks_per_seq]
+        keys = _gather_context(k_cache, table, seq_len)[0].float()  # [seq_len, n_head, head_dim]
+        values = _gather_context(v_cache, table, seq_len)[0].float()
+        scores = torch.bmm(queries[row], keys.permute(1, 2, 0))  # [n_head, 1, seq_len]
+        probs = (scores * scale).softmax(dim=-1)
+        output[row] = torch.bmm(probs, values.transpose(0, 1)).squeeze(1).to(query.dtype)
+    return output
 
 
 def _prefill_one(
