@@ -13,6 +13,7 @@ from model.tokenizer import Tokenizer
 from server.block_manager import BlockManager
 from server.model_runner import ModelRunner
 from server.output_processor import ChoiceText
+from server.prompt_logprobs import PromptLogprobsChunk
 from server.request import Request, RequestOutput, RequestStatus, SamplingParams
 from server.sampler import TokenLogprobs
 from server.scheduler import Scheduler, SchedulerOutput
@@ -51,6 +52,9 @@ class _Choice:
     text: ChoiceText
     arrival_time: float
     queued: bool = True
+    # Prompt logprobs gathered over the prefill's chunks (entry 0 is None); handed over, then
+    # dropped, with the choice's first output.
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
 
 class Engine:
@@ -143,6 +147,7 @@ class Engine:
                 index,
                 ChoiceText(self.tokenizer, params.stop, params.min_tokens),
                 arrival,
+                prompt_logprobs=None if params.prompt_logprobs is None else [None],
             )
             self.scheduler.add_request(request)
             child_ids.append(child_id)
@@ -171,8 +176,21 @@ class Engine:
                 scheduler_output.sampling_requests, runner_output.logprobs, strict=True
             )
         }
+        self._gather_prompt_logprobs(runner_output.prompt_logprobs)
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
         return [self._make_output(r, logprobs_by_id.get(r.request_id)) for r in updated]
+
+    def _gather_prompt_logprobs(self, chunks: dict[str, PromptLogprobsChunk]) -> None:
+        """Append each request's newly scored prompt tokens to what earlier chunks scored."""
+        for request_id, chunk in chunks.items():
+            choice = self._choices.get(request_id)
+            if choice is None or choice.prompt_logprobs is None:  # aborted during the step
+                continue
+            gathered = choice.prompt_logprobs
+            if chunk.first_target > len(gathered):
+                raise RuntimeError(f"prompt logprobs of {request_id!r} skipped a position")
+            # A prefill preempted midway recomputes positions it already scored: keep the first.
+            gathered.extend(chunk.entries[len(gathered) - chunk.first_target :])
 
     def _note_scheduled(self, scheduler_output: SchedulerOutput) -> None:
         self.last_num_batched_tokens = scheduler_output.num_batched_tokens
@@ -185,6 +203,10 @@ class Engine:
 
     def _make_output(self, request: Request, logprobs: TokenLogprobs | None) -> RequestOutput:
         choice = self._choices[request.request_id]
+        prompt_logprobs, choice.prompt_logprobs = choice.prompt_logprobs, None
+        if not request.output_token_ids:  # max_tokens=0: finished once the prompt was computed
+            self._forget(request.request_id, choice.parent_id)
+            return self._output(choice, request, "", [], None, prompt_logprobs)
         token_id = request.output_token_ids[-1]
         delta = choice.text.add_token(token_id)
         text = delta.text
@@ -198,17 +220,29 @@ class Engine:
             text += choice.text.finish()
         if request.is_finished:
             self._forget(request.request_id, choice.parent_id)
+        return self._output(choice, request, text, [token_id], logprobs, prompt_logprobs)
+
+    def _output(
+        self,
+        choice: _Choice,
+        request: Request,
+        text: str,
+        token_ids: list[int],
+        logprobs: TokenLogprobs | None,
+        prompt_logprobs: list[TokenLogprobs | None] | None,
+    ) -> RequestOutput:
         return RequestOutput(
             request_id=choice.parent_id,
             index=choice.index,
             text=text,
-            token_ids=[token_id],
+            token_ids=token_ids,
             finished=request.is_finished,
             finish_reason=request.finish_reason,
             stop_reason=request.stop_reason,
             num_prompt_tokens=request.num_prompt_tokens,
             num_output_tokens=request.num_output_tokens,
             logprobs=[logprobs] if logprobs is not None else None,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _forget(self, child_id: str, parent_id: str) -> None:

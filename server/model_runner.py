@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from model.attention import build_attention_metadata
+from model.attention import AttentionMetadata, build_attention_metadata
 from model.gpt2 import GPT2LMHeadModel, kv_cache_bytes_per_block
 from server.cuda_graphs import PaddedDecodeRunner
+from server.prompt_logprobs import (
+    PromptLogprobsChunk,
+    PromptSpan,
+    compute_prompt_logprobs,
+    prompt_span,
+)
 from server.request import MAX_LOGPROBS, Request, SamplingParams
 from server.sampler import Sampler, TokenLogprobs
 from server.scheduler import ScheduledRequest, SchedulerOutput
@@ -23,6 +29,19 @@ class RunnerOutput:
 
     sampled_token_ids: list[int]
     logprobs: list[TokenLogprobs | None]
+    # Per request id: the prompt tokens this step scored, for requests that asked.
+    prompt_logprobs: dict[str, PromptLogprobsChunk] = field(default_factory=dict)
+
+
+@dataclass
+class _StepInputs:
+    """The flat batch of one eager step."""
+
+    tokens: torch.Tensor  # [num_tokens] int64
+    positions: torch.Tensor  # [num_tokens] int64
+    metadata: AttentionMetadata
+    logits_indices: list[int]  # flat index of each sampling request's last token
+    spans: list[PromptSpan]  # prompt positions to score
 
 
 class ModelRunner:
@@ -56,6 +75,8 @@ class ModelRunner:
         scheduled = scheduler_output.scheduled
         if not scheduled:
             return RunnerOutput([], [])
+        # A one-token sampling step scores no prompt token (its position predicts the next
+        # token), so the graph path never owes prompt logprobs.
         if self._is_padded_decode(scheduled):
             logits = self.decode_runner.run(
                 [s.request.all_token_ids[-1] for s in scheduled],
@@ -64,11 +85,32 @@ class ModelRunner:
             )  # [num_seqs, vocab]
             result = self.sampler(logits, [s.request for s in scheduled])
             return RunnerOutput(result.token_ids, result.logprobs)
+        inputs = self._prepare(scheduled)
+        sampling = [s.request for s in scheduler_output.sampling_requests]
+        if not inputs.spans:
+            return self._run(inputs, sampling)
+        hidden = self.model.compute_hidden(
+            inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata
+        )  # [num_tokens, n_embd]
+        prompt_logprobs = compute_prompt_logprobs(self.model, hidden, inputs.spans)
+        if not sampling:
+            return RunnerOutput([], [], prompt_logprobs)
+        index = torch.tensor(inputs.logits_indices, dtype=torch.int64, device=self.device)
+        logits = self.model.compute_logits(hidden[index])  # [num_sample, vocab]
+        result = self.sampler(logits, sampling)
+        return RunnerOutput(result.token_ids, result.logprobs, prompt_logprobs)
+
+    def _prepare(self, scheduled: list[ScheduledRequest]) -> _StepInputs:
+        """Flat token ids, positions and attention metadata of every scheduled token."""
         query_lens = [s.num_new_tokens for s in scheduled]
         seq_lens = [s.num_computed_tokens + s.num_new_tokens for s in scheduled]
         input_ids: list[int] = []
         logits_indices: list[int] = []
+        spans: list[PromptSpan] = []
         for s, seq_len in zip(scheduled, seq_lens, strict=True):
+            span = prompt_span(s, len(input_ids))
+            if span is not None:
+                spans.append(span)
             input_ids.extend(s.request.all_token_ids[s.num_computed_tokens : seq_len])
             if s.sample:
                 logits_indices.append(len(input_ids) - 1)
@@ -80,14 +122,19 @@ class ModelRunner:
             self.device,
         )
         tokens = torch.tensor(input_ids, dtype=torch.int64, device=self.device)  # [num_tokens]
-        if not logits_indices:
-            self.model.compute_hidden(tokens, positions, self.kv_cache, metadata)
+        return _StepInputs(tokens, positions, metadata, logits_indices, spans)
+
+    def _run(self, inputs: _StepInputs, sampling: list[Request]) -> RunnerOutput:
+        """The plain step: logits only at the sampling positions."""
+        if not inputs.logits_indices:
+            self.model.compute_hidden(
+                inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata
+            )  # [num_tokens, n_embd], only for the K/V it writes
             return RunnerOutput([], [])
-        index = torch.tensor(logits_indices, dtype=torch.int64, device=self.device)
+        index = torch.tensor(inputs.logits_indices, dtype=torch.int64, device=self.device)
         logits = self.model(
-            tokens, positions, self.kv_cache, metadata, index
+            inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata, index
         )  # [num_sample, vocab]
-        sampling = [s.request for s in scheduler_output.sampling_requests]
         result = self.sampler(logits, sampling)
         return RunnerOutput(result.token_ids, result.logprobs)
 

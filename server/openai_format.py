@@ -40,10 +40,29 @@ class LegacyLogprobs:
         text = token_string(self.tokenizer, entry.token_id)
         self.tokens.append(text)
         self.token_logprobs.append(entry.logprob)
-        top = {token_string(self.tokenizer, t): lp for t, lp in entry.top}
-        self.top_logprobs.append(top)
+        self.top_logprobs.append(self._top(entry.top))
         self.text_offset.append(self.offset)
         self.offset += len(self.detokenizer.add(entry.token_id))
+
+    def add_prompt(
+        self, prompt_ids: list[int], entries: list[TokenLogprobs | None], num_top: int
+    ) -> None:
+        """Append the echoed prompt, before any generated token: offsets count from 0.
+
+        The first token has nothing before it: its logprob and top logprobs are null (OpenAI).
+        Generated tokens keep counting from the offset given at construction (the echoed text).
+        """
+        detokenizer = IncrementalDetokenizer(self.tokenizer)
+        offset = 0
+        for token_id, entry in zip(prompt_ids, entries, strict=True):
+            self.tokens.append(token_string(self.tokenizer, token_id))
+            self.token_logprobs.append(None if entry is None else entry.logprob)
+            self.top_logprobs.append(None if entry is None else self._top(entry.top[:num_top]))
+            self.text_offset.append(offset)
+            offset += len(detokenizer.add(token_id))
+
+    def _top(self, top: list[tuple[int, float]]) -> dict[str, float]:
+        return {token_string(self.tokenizer, t): lp for t, lp in top}
 
     def take(self) -> dict[str, Any]:
         """The object for what was added since the last `take` (streaming) or all of it."""
@@ -55,6 +74,30 @@ class LegacyLogprobs:
         }
         self.tokens, self.token_logprobs, self.top_logprobs, self.text_offset = [], [], [], []
         return result
+
+
+def vllm_prompt_logprobs(
+    tokenizer: Tokenizer, entries: list[TokenLogprobs | None], num_top: int
+) -> list[dict[str, dict[str, Any]] | None]:
+    """vLLM's `prompt_logprobs`: per prompt token, {id: {logprob, rank, decoded_token}}.
+
+    Each dict holds the prompt token itself and the `num_top` most likely tokens (so N or
+    N + 1 entries); the first prompt token's is None.
+    """
+    result: list[dict[str, dict[str, Any]] | None] = []
+    for entry in entries:
+        if entry is None:
+            result.append(None)
+            continue
+        ranked = [(t, lp, rank) for rank, (t, lp) in enumerate(entry.top[:num_top], start=1)]
+        ranked.append((entry.token_id, entry.logprob, entry.rank))
+        result.append(
+            {
+                str(t): {"logprob": lp, "rank": rank, "decoded_token": tokenizer.decode([t])}
+                for t, lp, rank in ranked
+            }
+        )
+    return result
 
 
 def chat_logprob_entries(

@@ -58,7 +58,9 @@ class SamplingFields(OpenAIModel):
                 raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
         return value
 
-    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def sampling_params(
+        self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None
+    ) -> SamplingParams:
         """The engine's `SamplingParams` for this body (raises SamplingParamsError)."""
         given = {
             name: getattr(self, name)
@@ -83,6 +85,7 @@ class SamplingFields(OpenAIModel):
             seed=self.seed,
             n=self.n,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
             **given,
         )
@@ -97,9 +100,11 @@ class CompletionRequest(SamplingFields):
     """`POST /v1/completions` body."""
 
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=1)
+    # 0 only with echo or prompt_logprobs (scoring a prompt); SamplingParams says so.
+    max_tokens: int | None = Field(16, ge=0)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)  # vLLM's extension
     best_of: int | None = None
     suffix: str | None = None
 

@@ -49,6 +49,9 @@ class SamplingParams:
     seed: int | None = None
     n: int = 1
     logprobs: int | None = None
+    # Logprobs of every prompt token after the first, with this many alternatives (vLLM's field;
+    # echo + logprobs asks for them too). Such a request takes no prefix-cache hits.
+    prompt_logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -79,10 +82,19 @@ class SamplingParams:
             check_int("seed", self.seed, 0, 2**63 - 1)
         if self.logprobs is not None:
             check_int("logprobs", self.logprobs, 0, MAX_LOGPROBS)
+        if self.prompt_logprobs is not None:
+            check_int("prompt_logprobs", self.prompt_logprobs, 0, MAX_LOGPROBS)
         self.logit_bias = normalized_logit_bias(self.logit_bias, MAX_LOGIT_BIAS)
 
     def _validate_lengths(self) -> None:
-        check_int("max_tokens", self.max_tokens, 1)
+        # Scoring a prompt (lm-eval's echo + max_tokens=0) generates nothing: the request
+        # finishes once its prompt is computed. Without prompt logprobs 0 would do no work.
+        check_int("max_tokens", self.max_tokens, 0)
+        check(
+            self.max_tokens > 0 or self.prompt_logprobs is not None,
+            "max_tokens",
+            "max_tokens must be >= 1, got 0 (0 only scores the prompt: echo or prompt_logprobs)",
+        )
         check_int("min_tokens", self.min_tokens, 0)
         check(
             self.min_tokens <= self.max_tokens,
@@ -172,6 +184,20 @@ class Request:
         return len(self.output_token_ids)
 
     @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Whether prompt positions still need logits: asked for and not yet delivered.
+
+        They are delivered with the first output, so a request resumed after preemption with
+        output tokens needs them no more (and may take prefix-cache hits again).
+        """
+        return self.sampling_params.prompt_logprobs is not None and not self.output_token_ids
+
+    @property
+    def prompt_only_done(self) -> bool:
+        """Whether every prompt token is computed and nothing is to be generated (max_tokens=0)."""
+        return self.sampling_params.max_tokens == 0 and self.num_computed_tokens >= self.num_tokens
+
+    @property
     def is_finished(self) -> bool:
         """Whether the request has ended."""
         return is_finished(self.status)
@@ -215,4 +241,7 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     logprobs: list[Any] | None = None
+    # With the first output of a request that asked: entry i is prompt token i's TokenLogprobs
+    # given the tokens before it; entry 0 is None (nothing precedes the first token).
+    prompt_logprobs: list[Any] | None = None
     error: str | None = None

@@ -22,6 +22,7 @@ class TokenLogprobs:
     token_id: int
     logprob: float
     top: list[tuple[int, float]]
+    rank: int | None = None  # in the vocabulary, 1 = most likely; computed for prompt tokens
 
 
 @dataclass

@@ -16,7 +16,7 @@ class ScheduledRequest:
     request: Request
     num_new_tokens: int
     num_computed_tokens: int  # before this step
-    sample: bool  # all of the request's tokens are computed after this step
+    sample: bool  # all tokens computed after this step, and the request generates (max_tokens > 0)
 
 
 @dataclass
@@ -159,12 +159,18 @@ class Scheduler:
     def _admit_waiting(self, output: SchedulerOutput, budget: int) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             request = self.waiting[0]
-            computed = self.block_manager.get_computed_blocks(request.all_token_ids)
+            # Cached blocks skip compute, and with it the logits of their positions: a request
+            # that wants prompt logprobs computes its whole prompt (as vLLM), uncounted.
+            use_cache = not request.needs_prompt_logprobs
+            computed = (
+                self.block_manager.get_computed_blocks(request.all_token_ids) if use_cache else []
+            )
             num_cached = len(computed) * self.block_manager.block_size
             num_new = min(request.num_tokens - num_cached, budget)
             if not self.block_manager.allocate(request, num_new, computed):
                 break
-            self.block_manager.record_prefix_query(request.num_tokens, num_cached)
+            if use_cache:
+                self.block_manager.record_prefix_query(request.num_tokens, num_cached)
             self.waiting.popleft()
             request.num_computed_tokens = num_cached
             if request.status == RequestStatus.WAITING:  # first admission, not a resume
@@ -176,9 +182,9 @@ class Scheduler:
 
     def _entry(self, request: Request, num_new: int) -> ScheduledRequest:
         computed = request.num_computed_tokens
-        return ScheduledRequest(
-            request, num_new, computed, computed + num_new == request.num_tokens
-        )
+        # max_tokens=0 (scoring the prompt) never samples; update() finishes it instead.
+        sample = computed + num_new == request.num_tokens and request.sampling_params.max_tokens > 0
+        return ScheduledRequest(request, num_new, computed, sample)
 
     def _preempt(self, request: Request, output: SchedulerOutput) -> None:
         """Free the request's blocks and requeue it at the head; its output is kept."""
@@ -194,16 +200,24 @@ class Scheduler:
         assert all(s.request is not request for s in output.scheduled)
 
     def update(self, output: SchedulerOutput, sampled_token_ids: list[int]) -> list[Request]:
-        """Advance progress, append sampled tokens, apply token-level stops; returns updated."""
+        """Advance progress, append sampled tokens, apply stops; returns requests with news.
+
+        News is a new token, or the end of a max_tokens=0 request whose prompt is computed.
+        """
         sampling = output.sampling_requests
         if len(sampling) != len(sampled_token_ids):
             raise ValueError(
                 f"{len(sampled_token_ids)} tokens for {len(sampling)} sampling requests"
             )
-        for scheduled in output.scheduled:
-            if not scheduled.request.is_finished:
-                scheduled.request.num_computed_tokens += scheduled.num_new_tokens
         updated = []
+        for scheduled in output.scheduled:
+            request = scheduled.request
+            if request.is_finished:
+                continue
+            request.num_computed_tokens += scheduled.num_new_tokens
+            if request.prompt_only_done:
+                self.finish_request(request.request_id, RequestStatus.FINISHED_LENGTH)
+                updated.append(request)
         for scheduled, token_id in zip(sampling, sampled_token_ids, strict=True):
             request = scheduled.request
             if request.is_finished:  # aborted while the step ran: drop its token

@@ -79,6 +79,7 @@ class ServingContext:
         prompts: list[list[int]],
         max_tokens: int | None,
         logprobs: int | None,
+        prompt_logprobs: int | None = None,
     ) -> SamplingParams:
         """Validated engine parameters for every prompt of this body (400 on any problem)."""
         longest = max(len(p) for p in prompts)
@@ -86,7 +87,7 @@ class ServingContext:
             # All the room left; if none is, validation below names the numbers.
             max_tokens = max(1, self.max_sequence_tokens - longest)
         try:
-            params = body.sampling_params(max_tokens, logprobs)
+            params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
             for prompt in prompts:
                 self.engine.engine.validate(prompt, params)
         except SamplingParamsError as exc:
@@ -124,6 +125,7 @@ class ChoiceState:
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
 
     def add(self, output: RequestOutput) -> None:
         """Fold one delta in."""
@@ -131,6 +133,8 @@ class ChoiceState:
         self.num_tokens = max(self.num_tokens, output.num_output_tokens)
         if output.logprobs:
             self.logprobs.extend(output.logprobs)
+        if output.prompt_logprobs is not None:
+            self.prompt_logprobs = output.prompt_logprobs
         if output.finished:
             self.finish_reason = output.finish_reason
             self.stop_reason = output.stop_reason

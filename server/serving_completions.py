@@ -10,9 +10,10 @@ from fastapi.responses import Response
 from starlette.requests import Request as HTTPRequest
 
 from server.errors import APIError
-from server.openai_format import LegacyLogprobs, usage
+from server.openai_format import LegacyLogprobs, usage, vllm_prompt_logprobs
 from server.protocol import CompletionRequest
 from server.request import RequestOutput, SamplingParams
+from server.sampler import TokenLogprobs
 from server.serving import ChoiceState, ServingContext, new_request_id, now
 from server.sse import sse_event
 from server.streams import (
@@ -44,8 +45,18 @@ def _check_unsupported(body: CompletionRequest) -> None:
         raise APIError(400, "suffix is not supported by this server", "suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of is not supported by this server (use n)", "best_of")
+
+
+def engine_prompt_logprobs(body: CompletionRequest) -> int | None:
+    """Alternatives the engine reports per prompt token, or None: no prompt scoring."""
+    wanted = [] if body.prompt_logprobs is None else [body.prompt_logprobs]
     if body.echo and body.logprobs is not None:
-        raise APIError(400, "echo together with logprobs is not supported yet", "echo")
+        wanted.append(body.logprobs)  # the echoed prompt's tokens carry logprobs too
+    if body.echo and body.max_tokens == 0:
+        # Only the prompt comes back: run it as a prompt-only (scoring) request, the cheapest
+        # kind (no alternatives); the numbers are not shown unless asked for.
+        wanted.append(0)
+    return max(wanted) if wanted else None
 
 
 async def create_completion(
@@ -55,7 +66,9 @@ async def create_completion(
     ctx.check_model(body.model)
     _check_unsupported(body)
     prompts = prompt_token_lists(ctx, body.prompt)
-    params = ctx.sampling_params(body, prompts, body.max_tokens, body.logprobs)
+    params = ctx.sampling_params(
+        body, prompts, body.max_tokens, body.logprobs, engine_prompt_logprobs(body)
+    )
     job = _CompletionJob(ctx, body, prompts, params)
     admission = ctx.admit(len(prompts) * params.n)
     if body.stream:
@@ -109,26 +122,53 @@ class _CompletionJob:
         }
 
     def _choice(self, index: int, state: ChoiceState) -> dict[str, Any]:
-        prefix = self.prompt_texts[index // self.params.n] if self.prompt_texts else ""
+        prompt_index = index // self.params.n
+        prefix = self.prompt_texts[prompt_index] if self.prompt_texts else ""
         logprobs = None
         if self.params.logprobs is not None:
-            legacy = LegacyLogprobs(self.ctx.tokenizer, len(prefix))
+            legacy = self._legacy(prompt_index, state.prompt_logprobs)
             for entry in state.logprobs:
                 legacy.add(entry)
             logprobs = legacy.take()
-        return {
+        choice = {
             "index": index,
             "text": prefix + state.text,
             "logprobs": logprobs,
             "finish_reason": state.finish_reason,
             "stop_reason": state.stop_reason,
         }
+        return self._with_prompt_logprobs(choice, state.prompt_logprobs)
+
+    def _legacy(
+        self, prompt_index: int, prompt_entries: list[TokenLogprobs | None] | None
+    ) -> LegacyLogprobs:
+        """A choice's legacy logprobs, starting with the echoed prompt's tokens when echoing."""
+        if not self.prompt_texts:
+            return LegacyLogprobs(self.ctx.tokenizer)
+        legacy = LegacyLogprobs(self.ctx.tokenizer, len(self.prompt_texts[prompt_index]))
+        if prompt_entries is not None:  # absent only if the choice ended before its prompt ran
+            legacy.add_prompt(self.prompts[prompt_index], prompt_entries, self.params.logprobs or 0)
+        return legacy
+
+    def _with_prompt_logprobs(
+        self, choice: dict[str, Any], entries: list[TokenLogprobs | None] | None
+    ) -> dict[str, Any]:
+        """Add vLLM's `prompt_logprobs` field when the body asked for it."""
+        if self.body.prompt_logprobs is not None and entries is not None:
+            tokenizer = self.ctx.tokenizer
+            choice["prompt_logprobs"] = vllm_prompt_logprobs(
+                tokenizer, entries, self.body.prompt_logprobs
+            )
+        return choice
 
     def _outputs(self) -> AsyncGenerator[tuple[int, RequestOutput], None]:
         return merged_outputs(self.ctx.engine, self.prompts, self.params, self.request_id)
 
     async def events(self) -> AsyncGenerator[bytes, None]:
-        """SSE chunks: one per delta, then an optional usage chunk (errors and [DONE]: caller)."""
+        """SSE chunks: one per delta, then an optional usage chunk (errors and [DONE]: caller).
+
+        The echoed prompt, its logprobs and `prompt_logprobs` come in a choice's first chunk.
+        """
         states: dict[int, ChoiceState] = {}
         legacy: dict[int, LegacyLogprobs] = {}
         async with aclosing(self._outputs()) as outputs:
@@ -141,13 +181,18 @@ class _CompletionJob:
                 if first and self.prompt_texts:
                     text = self.prompt_texts[prompt_index] + text
                 logprobs = None
-                if output.logprobs:
-                    acc = legacy.setdefault(index, LegacyLogprobs(self.ctx.tokenizer))
-                    for entry in output.logprobs:
-                        acc.add(entry)
-                    logprobs = acc.take()
-                if text or output.finished or logprobs:
-                    yield sse_event(self._chunk(index, text, logprobs, output.finish_reason))
+                if self.params.logprobs is not None:
+                    if first:
+                        legacy[index] = self._legacy(prompt_index, output.prompt_logprobs)
+                    for entry in output.logprobs or []:
+                        legacy[index].add(entry)
+                    logprobs = legacy[index].take()
+                    logprobs = logprobs if logprobs["tokens"] else None
+                chunk = self._chunk(index, text, logprobs, output.finish_reason)
+                choice = chunk["choices"][0]
+                self._with_prompt_logprobs(choice, output.prompt_logprobs)
+                if text or output.finished or logprobs or "prompt_logprobs" in choice:
+                    yield sse_event(chunk)
         self.tracker.on_done()
         if self.body.include_usage:
             yield sse_event({**self._chunk_base(), "choices": [], "usage": self._usage(states)})

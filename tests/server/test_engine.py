@@ -13,8 +13,13 @@ from model.tokenizer import Tokenizer
 from model.weights import save_hf_checkpoint
 from server.engine import Engine, EngineLimits, InvalidRequestError
 from server.request import SamplingParams
-from server.scheduler import SchedulerOutput
-from support.engine_driver import random_prompt, run_to_completion, text_of, tokens_of
+from support.engine_driver import (
+    random_prompt,
+    record_schedules,
+    run_to_completion,
+    text_of,
+    tokens_of,
+)
 
 GREEDY = {"temperature": 0.0, "ignore_eos": True}
 # The scaled-embedding fixture, `random:tiny` as the server loads it, and a model written by
@@ -49,19 +54,6 @@ def alone_tokens(engine_model: GPT2LMHeadModel, tokenizer: Tokenizer) -> dict[st
         engine = Engine(engine_model, tokenizer, EngineLimits(num_blocks=64))
         result[rid] = tokens_of(run_to_completion(engine, {rid: request})[rid])
     return result
-
-
-def record_schedules(engine: Engine) -> list[SchedulerOutput]:
-    """Every `SchedulerOutput` the engine runs from now on."""
-    recorded: list[SchedulerOutput] = []
-    schedule = engine.scheduler.schedule
-
-    def recording() -> SchedulerOutput:
-        recorded.append(schedule())
-        return recorded[-1]
-
-    engine.scheduler.schedule = recording  # type: ignore[method-assign]
-    return recorded
 
 
 def assert_same_tokens(engine: Engine, alone_tokens: dict[str, list[int]]) -> None:

@@ -6,6 +6,7 @@ import torch
 
 from server.engine import Engine
 from server.request import RequestOutput, SamplingParams
+from server.scheduler import SchedulerOutput
 
 
 def run_to_completion(
@@ -34,3 +35,16 @@ def text_of(outputs: list[RequestOutput], index: int = 0) -> str:
 def random_prompt(length: int, seed: int) -> list[int]:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 50000, (length,), generator=gen).tolist()
+
+
+def record_schedules(engine: Engine) -> list[SchedulerOutput]:
+    """Every `SchedulerOutput` the engine runs from now on."""
+    recorded: list[SchedulerOutput] = []
+    schedule = engine.scheduler.schedule
+
+    def recording() -> SchedulerOutput:
+        recorded.append(schedule())
+        return recorded[-1]
+
+    engine.scheduler.schedule = recording  # type: ignore[method-assign]
+    return recorded
