@@ -87,7 +87,11 @@ def sample(
     vocab = logits.shape[-1]
     greedy = temperature <= 0  # [num_seqs]
     if bool(greedy.all()):
-        return sanitize_logits(logits.float()).argmax(dim=-1)
+        token_ids = logits.argmax(dim=-1)  # [num_seqs]
+        # argmax ranks NaN highest; only a NaN winner needs the full sanitising pass.
+        if bool(logits.gather(1, token_ids[:, None]).isnan().any()):
+            return sanitize_logits(logits.float()).argmax(dim=-1)
+        return token_ids
     safe_temp = torch.where(greedy, torch.ones_like(temperature), temperature)
     scaled = sanitize_logits(logits.float() / safe_temp[:, None])  # [num_seqs, vocab]
     probs = torch.softmax(scaled, dim=-1)  # [num_seqs, vocab]

@@ -45,13 +45,17 @@ class Sampler:
         logits: torch.Tensor,  # [num_seqs, vocab] float32: raw model output
         requests: Sequence[Request],
     ) -> SamplerOutput:
-        """Sample the next token of every request (row i belongs to requests[i])."""
+        """Sample the next token of every request (row i belongs to requests[i]).
+
+        `logits` may be modified in place: the caller does not read them afterwards.
+        """
+        params = [r.sampling_params for r in requests]
         raw_logits = logits
-        logits = logits.clone()
+        if any(p.logprobs is not None for p in params):
+            logits = logits.clone()  # logprobs are reported from the unmodified distribution
         self._apply_logit_bias(logits, requests)
         self._apply_penalties(logits, requests)
         self._apply_bans(logits, requests)
-        params = [r.sampling_params for r in requests]
         token_ids = kernels.sample(
             logits,
             self._floats([p.temperature for p in params]),

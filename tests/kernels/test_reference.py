@@ -131,3 +131,19 @@ def test_sample_greedy_topk1_and_kept_set() -> None:
     )
     allowed = logits.topk(3, dim=-1).indices
     assert all(int(t) in allowed[i].tolist() for i, t in enumerate(top3))
+
+
+def test_greedy_argmax_with_nan_and_inf_logits() -> None:
+    logits = torch.tensor(
+        [
+            [1.0, float("nan"), 3.0, 2.0],  # NaN is never chosen (argmax alone would pick it)
+            [float("inf"), 5.0, float("inf"), 0.0],  # the first +inf wins
+            [float("nan"), float("nan"), -1.0, float("-inf")],
+            [0.5, 0.25, 0.5, 0.0],  # a tie: the lowest id
+        ]
+    )
+    greedy = torch.zeros(4)
+    off = (torch.zeros(4, dtype=torch.int32), torch.ones(4), torch.zeros(4), torch.rand(4))
+    assert reference.sample(logits, greedy, *off).tolist() == [2, 0, 2, 0]
+    mixed = torch.tensor([0.0, 0.0, 0.0, 1.0])  # the non-greedy path sanitises the same way
+    assert reference.sample(logits, mixed, *off)[:3].tolist() == [2, 0, 2]
