@@ -115,14 +115,18 @@ def bench_hf(
     if compiled:
         # HF's recipe for fast decoding: a fixed-shape cache so one compiled graph serves all steps.
         kwargs["cache_implementation"] = "static"
-        hf.forward = torch.compile(hf.forward, mode="reduce-overhead", fullgraph=True)
+        mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs need CUDA
+        hf.forward = torch.compile(hf.forward, mode=mode, fullgraph=True)
 
     def generate(batch: torch.Tensor, new_tokens: int) -> None:
         hf.generate(batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
 
     with torch.no_grad():
-        for batch in (inputs[:1], inputs):  # warm-up (and compilation) at both batch sizes
-            generate(batch, 3)
+        # Warm-up: a static cache is sized by prompt + new tokens, so each timed shape
+        # compiles its own graph; compile them all before timing.
+        warm_ups = [(inputs, args.output_len), (inputs[:1], 1), (inputs[:1], args.batch1_steps + 1)]
+        for batch, new_tokens in warm_ups if compiled else [(inputs[:1], 3), (inputs, 3)]:
+            generate(batch, new_tokens)
         _sync(device)
         start = time.perf_counter()
         generate(inputs, args.output_len)
