@@ -35,9 +35,10 @@ def _triton_importable() -> bool:
 
 def triton_enabled(device: torch.device | str) -> bool:
     """Whether the Triton kernels serve tensors on `device` (CUDA only; opt out with env)."""
-    if os.environ.get("GPT2SERVE_DISABLE_TRITON") == "1":
+    # Device first: on CPU this runs several times per layer, and an env lookup costs more.
+    if torch.device(device).type != "cuda":
         return False
-    return torch.device(device).type == "cuda" and _triton_importable()
+    return os.environ.get("GPT2SERVE_DISABLE_TRITON") != "1" and _triton_importable()
 
 
 def write_kv_cache(

@@ -157,7 +157,6 @@ from kernels.reference_sampling import (  # noqa: E402
     counter_uniform,
     sample,
     sanitize_logits,
-    top_logprobs,
 )
 
 __all__ = [
@@ -168,6 +167,5 @@ __all__ = [
     "paged_attention",
     "sample",
     "sanitize_logits",
-    "top_logprobs",
     "write_kv_cache",
 ]

@@ -150,25 +150,6 @@ def _top_p_threshold(
     return torch.where(top_p >= 1.0, torch.zeros_like(threshold), threshold)
 
 
-def top_logprobs(
-    logits: torch.Tensor,  # [num_seqs, vocab]: raw model logits
-    token_ids: torch.Tensor,  # [num_seqs] int64: the chosen tokens
-    num_top: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Chosen-token logprob, plus the top-`num_top` ids and logprobs of the raw distribution."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # [num_seqs, vocab]
-    chosen = logprobs.gather(1, token_ids[:, None]).squeeze(1)  # [num_seqs]
-    top_values, top_ids = (
-        logprobs.topk(num_top, dim=-1)
-        if num_top > 0
-        else (
-            logprobs[:, :0],
-            token_ids[:, None][:, :0],
-        )
-    )
-    return chosen, top_ids, top_values
-
-
 def chosen_logprobs(
     logits: torch.Tensor,  # [num_seqs, vocab]: raw model logits
     token_ids: torch.Tensor,  # [num_seqs] int64

@@ -87,18 +87,7 @@ class ModelRunner:
             return RunnerOutput(result.token_ids, result.logprobs)
         inputs = self._prepare(scheduled)
         sampling = [s.request for s in scheduler_output.sampling_requests]
-        if not inputs.spans:
-            return self._run(inputs, sampling)
-        hidden = self.model.compute_hidden(
-            inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata
-        )  # [num_tokens, n_embd]
-        prompt_logprobs = compute_prompt_logprobs(self.model, hidden, inputs.spans)
-        if not sampling:
-            return RunnerOutput([], [], prompt_logprobs)
-        index = torch.tensor(inputs.logits_indices, dtype=torch.int64, device=self.device)
-        logits = self.model.compute_logits(hidden[index])  # [num_sample, vocab]
-        result = self.sampler(logits, sampling)
-        return RunnerOutput(result.token_ids, result.logprobs, prompt_logprobs)
+        return self._run(inputs, sampling)
 
     def _prepare(self, scheduled: list[ScheduledRequest]) -> _StepInputs:
         """Flat token ids, positions and attention metadata of every scheduled token."""
@@ -125,18 +114,19 @@ class ModelRunner:
         return _StepInputs(tokens, positions, metadata, logits_indices, spans)
 
     def _run(self, inputs: _StepInputs, sampling: list[Request]) -> RunnerOutput:
-        """The plain step: logits only at the sampling positions."""
-        if not inputs.logits_indices:
-            self.model.compute_hidden(
-                inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata
-            )  # [num_tokens, n_embd], only for the K/V it writes
-            return RunnerOutput([], [])
+        """The eager step: logits only at the sampling positions and the prompt spans scored."""
+        hidden = self.model.compute_hidden(
+            inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata
+        )  # [num_tokens, n_embd]
+        prompt_logprobs = (
+            compute_prompt_logprobs(self.model, hidden, inputs.spans) if inputs.spans else {}
+        )
+        if not inputs.logits_indices:  # the step only wrote K/V (and maybe scored a prompt)
+            return RunnerOutput([], [], prompt_logprobs)
         index = torch.tensor(inputs.logits_indices, dtype=torch.int64, device=self.device)
-        logits = self.model(
-            inputs.tokens, inputs.positions, self.kv_cache, inputs.metadata, index
-        )  # [num_sample, vocab]
+        logits = self.model.compute_logits(hidden[index])  # [num_sample, vocab]
         result = self.sampler(logits, sampling)
-        return RunnerOutput(result.token_ids, result.logprobs)
+        return RunnerOutput(result.token_ids, result.logprobs, prompt_logprobs)
 
     def _is_padded_decode(self, scheduled: list[ScheduledRequest]) -> bool:
         """Pure decode steps that fit the static buffers take the graph path."""

@@ -37,11 +37,7 @@ class LegacyLogprobs:
 
     def add(self, entry: TokenLogprobs) -> None:
         """Append one generated token."""
-        text = token_string(self.tokenizer, entry.token_id)
-        self.tokens.append(text)
-        self.token_logprobs.append(entry.logprob)
-        self.top_logprobs.append(self._top(entry.top))
-        self.text_offset.append(self.offset)
+        self._append(entry.token_id, entry, len(entry.top), self.offset)
         self.offset += len(self.detokenizer.add(entry.token_id))
 
     def add_prompt(
@@ -55,14 +51,20 @@ class LegacyLogprobs:
         detokenizer = IncrementalDetokenizer(self.tokenizer)
         offset = 0
         for token_id, entry in zip(prompt_ids, entries, strict=True):
-            self.tokens.append(token_string(self.tokenizer, token_id))
-            self.token_logprobs.append(None if entry is None else entry.logprob)
-            self.top_logprobs.append(None if entry is None else self._top(entry.top[:num_top]))
-            self.text_offset.append(offset)
+            self._append(token_id, entry, num_top, offset)
             offset += len(detokenizer.add(token_id))
 
-    def _top(self, top: list[tuple[int, float]]) -> dict[str, float]:
-        return {token_string(self.tokenizer, t): lp for t, lp in top}
+    def _append(
+        self, token_id: int, entry: TokenLogprobs | None, num_top: int, text_offset: int
+    ) -> None:
+        """One token's four columns; a token with no entry (the first prompt token) is null."""
+        self.tokens.append(token_string(self.tokenizer, token_id))
+        self.token_logprobs.append(None if entry is None else entry.logprob)
+        top = None if entry is None else entry.top[:num_top]
+        self.top_logprobs.append(
+            None if top is None else {token_string(self.tokenizer, t): lp for t, lp in top}
+        )
+        self.text_offset.append(text_offset)
 
     def take(self) -> dict[str, Any]:
         """The object for what was added since the last `take` (streaming) or all of it."""

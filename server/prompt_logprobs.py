@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-import kernels
 from model.gpt2 import GPT2LMHeadModel
-from server.sampler import TokenLogprobs, json_safe_logprobs, top_logprobs
+from server.sampler import TokenLogprobs, logprob_table, read_logprobs
 from server.scheduler import ScheduledRequest
 
 # Rows of logits alive at once: about max_num_seqs (the sampler's rows in the memory profile).
@@ -74,14 +73,14 @@ def compute_prompt_logprobs(
         end = start + CHUNK_ROWS
         logits = model.compute_logits(hidden[row_index[start:end]])  # [chunk, vocab]
         tables.append(_reduce(logits, target_ids[start:end], num_top))
-    table = torch.cat(tables).tolist()  # [num_rows, 2 + 2 * num_top]
+    table = torch.cat(tables).tolist()  # [num_rows, 1 + 1 + 2 * num_top]: rank, then logprobs
     result = {}
     offset = 0
     for span in spans:
         span_rows = table[offset : offset + len(span.target_ids)]
         offset += len(span.target_ids)
         entries = [
-            _entry(row, target, num_top, span.num_top)
+            read_logprobs(target, row[1:], num_top, span.num_top, rank=int(row[0]))
             for row, target in zip(span_rows, span.target_ids, strict=True)
         ]
         result[span.request_id] = PromptLogprobsChunk(span.first_target, entries)
@@ -92,26 +91,9 @@ def _reduce(
     logits: torch.Tensor,  # [chunk, vocab] float32: raw model output
     target_ids: torch.Tensor,  # [chunk] int64
     num_top: int,
-) -> torch.Tensor:  # [chunk, 2 + 2 * num_top] float64: logprob, rank, top ids, top logprobs
+) -> torch.Tensor:  # [chunk, 1 + 1 + 2 * num_top] float64: rank, then `logprob_table`
     """The same numbers the sampler reports for a generated token, plus the target's rank."""
-    chosen = kernels.chosen_logprobs(logits, target_ids)  # [chunk]
     target_logits = logits.gather(1, target_ids[:, None])  # [chunk, 1]
     # Rank in logit space equals rank in logprob space: the row's shift is common to all.
     rank = (logits > target_logits).sum(dim=1) + 1  # [chunk] int64
-    top_ids, top_values = top_logprobs(logits, num_top)  # [chunk, num_top] each
-    return torch.cat(
-        [
-            json_safe_logprobs(chosen)[:, None].double(),
-            rank[:, None].double(),
-            top_ids.double(),
-            json_safe_logprobs(top_values).double(),
-        ],
-        dim=1,
-    )
-
-
-def _entry(row: list[float], target: int, num_top: int, wanted: int) -> TokenLogprobs:
-    top_ids = row[2 : 2 + wanted]
-    top_values = row[2 + num_top : 2 + num_top + wanted]
-    top = [(int(t), lp) for t, lp in zip(top_ids, top_values, strict=True)]
-    return TokenLogprobs(target, row[0], top, rank=int(row[1]))
+    return torch.cat([rank[:, None].double(), logprob_table(logits, target_ids, num_top)], dim=1)

@@ -144,30 +144,41 @@ class Sampler:
     ) -> SamplerOutput:
         """Sampled ids and logprobs from the unmodified distribution, in one host transfer."""
         num_top = max(w or 0 for w in wanted)
-        chosen = kernels.chosen_logprobs(raw_logits, token_ids)  # [num_seqs]
-        top_ids, top_values = top_logprobs(raw_logits, num_top)  # [num_seqs, num_top] each
-        # One [num_seqs, 2 + 2 * num_top] float64 table: ids < 2**53 and fp32 values are exact.
         table = torch.cat(
-            [
-                token_ids[:, None].double(),
-                json_safe_logprobs(chosen)[:, None].double(),
-                top_ids.double(),
-                json_safe_logprobs(top_values).double(),
-            ],
-            dim=1,
-        )  # [num_seqs, 2 + 2 * num_top]
+            [token_ids[:, None].double(), logprob_table(raw_logits, token_ids, num_top)], dim=1
+        )  # [num_seqs, 1 + 1 + 2 * num_top]: id, then `logprob_table`
         rows = table.tolist()  # the step's only device -> host copy
         ids = [int(row[0]) for row in rows]
-        logprobs: list[TokenLogprobs | None] = []
-        for row, num_wanted in zip(rows, wanted, strict=True):
-            if num_wanted is None:
-                logprobs.append(None)
-                continue
-            top_id_values = row[2 : 2 + num_wanted]
-            top_lp_values = row[2 + num_top : 2 + num_top + num_wanted]
-            top = [(int(t), lp) for t, lp in zip(top_id_values, top_lp_values, strict=True)]
-            logprobs.append(TokenLogprobs(int(row[0]), row[1], top))
+        logprobs = [
+            None if num_wanted is None else read_logprobs(int(row[0]), row[1:], num_top, num_wanted)
+            for row, num_wanted in zip(rows, wanted, strict=True)
+        ]
         return SamplerOutput(ids, logprobs)
+
+
+def logprob_table(
+    raw_logits: torch.Tensor,  # [num_rows, vocab]: the unmodified model output
+    token_ids: torch.Tensor,  # [num_rows] int64: the token each row reports on
+    num_top: int,
+) -> torch.Tensor:  # [num_rows, 1 + 2 * num_top] float64: logprob, top ids, top logprobs
+    """Each row's token logprob and top-`num_top` alternatives, JSON-safe, as one table.
+
+    float64 so one `.tolist()` carries ids (< 2**53) and fp32 logprobs exactly.
+    """
+    chosen = kernels.chosen_logprobs(raw_logits, token_ids)  # [num_rows]
+    top_ids, top_values = top_logprobs(raw_logits, num_top)  # [num_rows, num_top] each
+    columns = [json_safe_logprobs(chosen)[:, None], top_ids, json_safe_logprobs(top_values)]
+    return torch.cat([c.double() for c in columns], dim=1)
+
+
+def read_logprobs(
+    token_id: int, cells: list[float], num_top: int, num_wanted: int, rank: int | None = None
+) -> TokenLogprobs:
+    """A `TokenLogprobs` from one row of `logprob_table` (built with `num_top` columns)."""
+    top_ids = cells[1 : 1 + num_wanted]
+    top_values = cells[1 + num_top : 1 + num_top + num_wanted]
+    top = [(int(t), lp) for t, lp in zip(top_ids, top_values, strict=True)]
+    return TokenLogprobs(token_id, cells[0], top, rank)
 
 
 def top_logprobs(
