@@ -29,11 +29,14 @@ WORKDIR /src
 # (TORCH_VERSION satisfies pyproject's torch requirement; torch pins its matching Triton).
 RUN pip install --upgrade pip==25.1.1 \
     && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# The folders pyproject.toml maps into the one `gpt2serve` package (tests/deploy checks the list).
 COPY pyproject.toml README.md ./
+COPY src ./src
 COPY server ./server
 COPY model ./model
 COPY kernels ./kernels
 COPY loadtest ./loadtest
+COPY benchmarks ./benchmarks
 RUN pip install .
 # Fetch tiktoken's GPT-2 file at build time so the image starts without network access.
 # DL3064: "TOKEN" here is tiktoken's cache path, not a secret.

@@ -1,5 +1,6 @@
 """Public kernel launchers: Triton for CUDA tensors, the torch reference everywhere else.
 
+May import: torch and triton; nothing else of gpt2serve (model and server build on it).
 Importing this package never imports a Triton kernel module: `@triton.jit` reads
 TRITON_INTERPRET when it decorates, so tests set it before calling the launchers directly.
 """
@@ -7,16 +8,16 @@ TRITON_INTERPRET when it decorates, so tests set it before calling the launchers
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
-from kernels import reference
+from gpt2serve.kernels import reference
 
 __all__ = [
     "add_logit_bias",
     "apply_penalties",
     "chosen_logprobs",
+    "disable_triton",
     "paged_attention",
     "sample",
     "triton_enabled",
@@ -33,12 +34,21 @@ def _triton_importable() -> bool:
     return True
 
 
+_triton_disabled = False
+
+
+def disable_triton(disabled: bool = True) -> None:
+    """Serve CUDA tensors with the torch reference too (`--disable-triton`), process-wide."""
+    global _triton_disabled
+    _triton_disabled = disabled
+
+
 def triton_enabled(device: torch.device | str) -> bool:
-    """Whether the Triton kernels serve tensors on `device` (CUDA only; opt out with env)."""
-    # Device first: on CPU this runs several times per layer, and an env lookup costs more.
+    """Whether the Triton kernels serve tensors on `device` (CUDA only, unless disabled)."""
+    # Device first: on CPU this runs several times per layer.
     if torch.device(device).type != "cuda":
         return False
-    return os.environ.get("GPT2SERVE_DISABLE_TRITON") != "1" and _triton_importable()
+    return not _triton_disabled and _triton_importable()
 
 
 def write_kv_cache(
@@ -50,7 +60,7 @@ def write_kv_cache(
 ) -> None:
     """Scatter K/V rows into their cache slots."""
     if triton_enabled(key.device):
-        from kernels.kv_cache import write_kv_cache as triton_write
+        from gpt2serve.kernels.kv_cache import write_kv_cache as triton_write
 
         triton_write(key, value, k_cache, v_cache, slot_mapping)
     else:
@@ -71,7 +81,7 @@ def paged_attention(
     """Attention of each sequence's new tokens over its paged context."""
     args = (query, k_cache, v_cache, block_tables, seq_lens, query_start_loc)
     if triton_enabled(query.device):
-        from kernels.attention import paged_attention as triton_attention
+        from gpt2serve.kernels.attention import paged_attention as triton_attention
 
         return triton_attention(*args, max_query_len, max_seq_len, scale)
     return reference.paged_attention(*args, max_query_len, max_seq_len, scale)
@@ -88,7 +98,7 @@ def sample(
     """Temperature, top-k, top-p, min-p and a seeded inverse-CDF draw per row."""
     args = (logits, temperature, top_k, top_p, min_p, uniform)
     if triton_enabled(logits.device):
-        from kernels.sampling import sample as triton_sample
+        from gpt2serve.kernels.sampling import sample as triton_sample
 
         return triton_sample(*args)
     return reference.sample(*args)
@@ -102,7 +112,7 @@ def add_logit_bias(
 ) -> None:
     """Add OpenAI logit_bias entries to their (row, token) logits."""
     if triton_enabled(logits.device):
-        from kernels.penalties import add_logit_bias as triton_bias
+        from gpt2serve.kernels.penalties import add_logit_bias as triton_bias
 
         triton_bias(logits, bias_rows, bias_token_ids, bias_values)
     else:
@@ -121,7 +131,7 @@ def apply_penalties(
     args = (logits, prompt_token_ids, output_token_ids)
     penalties = (repetition_penalty, presence_penalty, frequency_penalty)
     if triton_enabled(logits.device):
-        from kernels.penalties import apply_penalties as triton_penalties
+        from gpt2serve.kernels.penalties import apply_penalties as triton_penalties
 
         return triton_penalties(*args, *penalties)
     return reference.apply_penalties(*args, *penalties)
@@ -133,7 +143,7 @@ def chosen_logprobs(
 ) -> torch.Tensor:  # [num_seqs] float32
     """Log-probability of each row's chosen token under the unmodified distribution."""
     if triton_enabled(logits.device):
-        from kernels.logprobs import chosen_logprobs as triton_logprobs
+        from gpt2serve.kernels.logprobs import chosen_logprobs as triton_logprobs
 
         return triton_logprobs(logits, token_ids)
     return reference.chosen_logprobs(logits, token_ids)

@@ -150,7 +150,7 @@ def _prefill_one(
 
 
 # The sampling references live in their own module; re-exported so `reference.X` covers all.
-from kernels.reference_sampling import (  # noqa: E402
+from gpt2serve.kernels.reference_sampling import (  # noqa: E402
     add_logit_bias,
     apply_penalties,
     chosen_logprobs,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-_MASK64 = (1 << 64) - 1
-
 
 def counter_uniform(
     seeds: torch.Tensor,  # [num_seqs] int64

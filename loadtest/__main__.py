@@ -7,9 +7,9 @@ import asyncio
 import sys
 from pathlib import Path
 
-from loadtest.report import format_summary, save_json, save_plot
-from loadtest.runner import run_load
-from loadtest.workload import build_requests
+from gpt2serve.loadtest.report import format_summary, save_json, save_plot
+from gpt2serve.loadtest.runner import run_load
+from gpt2serve.loadtest.workload import build_requests
 
 
 def _numbers(text: str, kind: type) -> list:

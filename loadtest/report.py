@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from loadtest.stats import Summary
+from gpt2serve.loadtest.stats import Summary
 
 
 def format_summary(summary: Summary, label: str = "") -> str:

@@ -9,9 +9,9 @@ import time
 
 import httpx
 
-from loadtest.client import RequestResult, RequestSpec, send_request
-from loadtest.stats import Summary, summarize
-from loadtest.workload import poisson_delays
+from gpt2serve.loadtest.client import RequestResult, RequestSpec, send_request
+from gpt2serve.loadtest.stats import Summary, summarize
+from gpt2serve.loadtest.workload import poisson_delays
 
 
 class Progress:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from loadtest.client import RequestResult
+import numpy as np
+
+from gpt2serve.loadtest.client import RequestResult
 
 
 def percentile(values: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), 0 for no values."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    """Linear-interpolated percentile, as `vllm bench serve` reports it; 0 for no values."""
+    return float(np.percentile(values, q)) if values else 0.0
 
 
 def describe(values: list[float]) -> dict[str, float]:

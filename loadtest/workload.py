@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from loadtest.client import RequestSpec
+from gpt2serve.loadtest.client import RequestSpec
 
 GPT2_VOCAB = 50257
 # Words for text prompts; repeated to length, so any tokenizer sees ordinary English.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-import kernels
+from gpt2serve import kernels
 
 
 @dataclass
@@ -20,11 +20,6 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [num_seqs + 1] int32: cu_seqlens of the new tokens
     max_query_len: int
     max_seq_len: int
-
-    @property
-    def num_seqs(self) -> int:
-        """Number of sequences in the batch."""
-        return self.seq_lens.shape[0]
 
 
 class PagedSelfAttention(nn.Module):

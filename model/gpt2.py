@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import AttentionMetadata, PagedSelfAttention
-from model.config import GPT2Config
-from model.cpu_linear import CpuVocabProjection
+from gpt2serve.model.attention import AttentionMetadata, PagedSelfAttention
+from gpt2serve.model.config import GPT2Config
+from gpt2serve.model.cpu_linear import CpuVocabProjection
 
 
 class GPT2MLP(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import tiktoken
@@ -187,10 +187,6 @@ class IncrementalDetokenizer:
         if delta:
             self._pieces.append(delta)
         return delta
-
-    def add_tokens(self, token_ids: Sequence[int]) -> str:
-        """Feed several tokens; returns the newly completed text."""
-        return "".join([self.add(t) for t in token_ids])
 
     def flush(self) -> str:
         """Release whatever is held back (an incomplete sequence becomes U+FFFD)."""

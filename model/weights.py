@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from model.config import GPT2Config, named_config
-from model.gpt2 import GPT2LMHeadModel
+from gpt2serve.model.config import GPT2Config, named_config
+from gpt2serve.model.gpt2 import GPT2LMHeadModel
 
 RANDOM_PREFIX = "random:"
 # HF's GPT-2 stores these projections as Conv1D ([in, out]); nn.Linear wants [out, in].

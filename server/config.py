@@ -30,6 +30,9 @@ class ServerSettings(BaseSettings):
     max_waiting_requests: int = Field(1024, ge=1)
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="disable CUDA graphs")
+    disable_triton: bool = Field(
+        False, description="run the torch reference kernels on CUDA too (A/B checks, debugging)"
+    )
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads on CPU; default: cores - 1 (one for the API)"
     )

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.config import named_config
-from model.gpt2 import GPT2LMHeadModel
-from model.tokenizer import Tokenizer
-from model.weights import load_model, random_model
+from gpt2serve.model.config import named_config
+from gpt2serve.model.gpt2 import GPT2LMHeadModel
+from gpt2serve.model.tokenizer import Tokenizer
+from gpt2serve.model.weights import load_model, random_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"

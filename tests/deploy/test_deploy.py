@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
@@ -32,6 +33,11 @@ METRIC = re.compile(r"\bgpt2serve_[a-z0-9_]+")
 
 # --------------------------------------------------------------------------------------------
 # Dockerfile
+
+
+def pyproject() -> dict:
+    """The parsed pyproject.toml."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -141,9 +147,9 @@ def test_healthcheck_probes_health_on_the_configured_port(tiny_model, tokenizer)
     assert "/health" in " ".join(command) and "GPT2SERVE_PORT" in " ".join(command)
     if shutil.which(command[0]) is None or shutil.which("curl") is None:
         pytest.skip("needs sh and curl")
-    from server.engine import Engine, EngineLimits
+    from gpt2serve.server.engine.engine import Engine, EngineConfig
 
-    engine = Engine(tiny_model, tokenizer, EngineLimits(num_blocks=16))
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=16))
     with running_server(engine) as (url, _):
         port = url.rsplit(":", 1)[1]
         ok = subprocess.run(command, env={**os.environ, "GPT2SERVE_PORT": port}, timeout=30)
@@ -196,7 +202,9 @@ def test_dockerignore_keeps_junk_out_but_not_what_the_image_copies() -> None:
         if keyword == "COPY" and "--from" not in args
         for source in shlex.split(args)[:-1]
     ]
-    assert {"pyproject.toml", "README.md", "server"} <= set(copied)
+    package_dirs = set(pyproject()["tool"]["setuptools"]["package-dir"].values())
+    top_folders = {d.split("/")[0] for d in package_dirs}  # src/gpt2serve comes with src
+    assert {"pyproject.toml", "README.md", *top_folders} <= set(copied)
     for source in copied:
         assert (REPO / source).exists(), source
         assert not ignored(source), source
@@ -311,9 +319,9 @@ def exported_series(text: str) -> dict[str, set[str]]:
 def test_dashboard_alerts_and_autoscalers_query_only_exported_metrics(
     tiny_model, tokenizer
 ) -> None:
-    from server.engine import Engine, EngineLimits
+    from gpt2serve.server.engine.engine import Engine, EngineConfig
 
-    engine = Engine(tiny_model, tokenizer, EngineLimits(num_blocks=64))
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
     with running_server(engine) as (url, _):
         body = {"prompt": "metrics please", "max_tokens": 3, "stream": True}
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as response:

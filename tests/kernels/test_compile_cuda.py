@@ -23,15 +23,15 @@ SKIP_EXIT = 3  # the script's exit code when this Triton has no CUDA compiler
 
 def _configs() -> Iterator[tuple[Any, str, dict[str, str], dict[str, Any], int]]:
     """(kernel, element type, pointer types, constexprs, num_warps) as the launchers pick them."""
-    from kernels.attention import (
+    from gpt2serve.kernels.attention import (
         _decode_attention_kernel,
         _decode_reduce_kernel,
         _prefill_attention_kernel,
     )
-    from kernels.kv_cache import _write_kv_cache_kernel
-    from kernels.logprobs import _chosen_logprob_kernel
-    from kernels.penalties import _add_bias_kernel, _count_tokens_kernel, _penalize_kernel
-    from kernels.sampling import _sample_kernel, search_rounds
+    from gpt2serve.kernels.kv_cache import _write_kv_cache_kernel
+    from gpt2serve.kernels.logprobs import _chosen_logprob_kernel
+    from gpt2serve.kernels.penalties import _add_bias_kernel, _count_tokens_kernel, _penalize_kernel
+    from gpt2serve.kernels.sampling import _sample_kernel, search_rounds
 
     meta = {"block_tables_ptr": "*i32", "seq_lens_ptr": "*i32", "query_start_ptr": "*i32"}
     parts = {"part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32"}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-import kernels
-from kernels import reference
-from kernels.kv_cache import write_kv_cache
+from gpt2serve import kernels
+from gpt2serve.kernels import reference
+from gpt2serve.kernels.kv_cache import write_kv_cache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -76,10 +76,14 @@ def test_kv_write_rejects_bad_layouts(device) -> None:
         write_kv_cache(key, key, cache, cache, slots.float())
 
 
-def test_dispatch_keeps_cpu_tensors_on_the_reference(monkeypatch) -> None:
+def test_dispatch_keeps_cpu_tensors_on_the_reference() -> None:
     assert not kernels.triton_enabled("cpu")
-    monkeypatch.setenv("GPT2SERVE_DISABLE_TRITON", "1")
-    assert not kernels.triton_enabled("cuda")
+    kernels.disable_triton()
+    try:
+        assert not kernels.triton_enabled("cuda")
+    finally:
+        kernels.disable_triton(False)
+    assert kernels.triton_enabled("cuda") == kernels._triton_importable()
 
 
 @pytest.mark.gpu

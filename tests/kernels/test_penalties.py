@@ -6,10 +6,10 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-import kernels
-from kernels import reference
-from kernels.logprobs import chosen_logprobs
-from kernels.penalties import add_logit_bias, apply_penalties
+from gpt2serve import kernels
+from gpt2serve.kernels import reference
+from gpt2serve.kernels.logprobs import chosen_logprobs
+from gpt2serve.kernels.penalties import add_logit_bias, apply_penalties
 
 
 def token_lists(num_seqs: int, vocab: int, max_len: int, seed: int) -> torch.Tensor:

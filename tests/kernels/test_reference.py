@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from kernels import reference
+from gpt2serve.kernels import reference
 
 
 def naive_attention(

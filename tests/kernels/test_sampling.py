@@ -8,9 +8,9 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
-import kernels
-from kernels import reference
-from kernels.sampling import sample, search_rounds
+from gpt2serve import kernels
+from gpt2serve.kernels import reference
+from gpt2serve.kernels.sampling import sample, search_rounds
 
 Params = tuple[torch.Tensor, ...]  # logits, temperature, top_k, top_p, min_p, uniform
 

@@ -9,22 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.__main__ import main as loadtest_main
-from loadtest.client import RequestResult
-from loadtest.runner import run_load
-from loadtest.stats import percentile, summarize
-from loadtest.workload import build_requests, poisson_delays
+from gpt2serve.loadtest.__main__ import main as loadtest_main
+from gpt2serve.loadtest.client import RequestResult
+from gpt2serve.loadtest.runner import run_load
+from gpt2serve.loadtest.stats import percentile, summarize
+from gpt2serve.loadtest.workload import build_requests, poisson_delays
 from support.http_server import running_server
 
 
 @pytest.fixture(scope="module")
 def server_url():
-    from model.tokenizer import Tokenizer
-    from model.weights import load_model
-    from server.engine import Engine, EngineLimits
+    from gpt2serve.model.tokenizer import Tokenizer
+    from gpt2serve.model.weights import load_model
+    from gpt2serve.server.engine.engine import Engine, EngineConfig
 
     engine = Engine(
-        load_model("random:tiny"), Tokenizer.from_tiktoken(), EngineLimits(num_blocks=256)
+        load_model("random:tiny"), Tokenizer.from_tiktoken(), EngineConfig(num_blocks=256)
     )
     with running_server(engine) as (url, _):
         yield url

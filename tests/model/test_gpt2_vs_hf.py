@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.attention import build_attention_metadata
-from model.config import named_config
-from model.gpt2 import GPT2LMHeadModel
-from model.weights import load_model
+from gpt2serve.model.attention import build_attention_metadata
+from gpt2serve.model.config import named_config
+from gpt2serve.model.gpt2 import GPT2LMHeadModel
+from gpt2serve.model.weights import load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -165,7 +165,7 @@ def test_chunked_prefill_matches_one_shot(model, chunk: int) -> None:
 
 @torch.no_grad()
 def test_cpu_optimized_linears_keep_logits(hf_dir) -> None:
-    from model.cpu_linear import optimize_for_cpu
+    from gpt2serve.model.cpu_linear import optimize_for_cpu
 
     plain = load_model(str(hf_dir))
     fast = load_model(str(hf_dir))

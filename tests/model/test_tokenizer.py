@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import tiktoken
 
-from model.tokenizer import IncrementalDetokenizer, Tokenizer, TokenizerLoadError
+from gpt2serve.model.tokenizer import IncrementalDetokenizer, Tokenizer, TokenizerLoadError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # CI clones the repo anywhere, with shared/ beside it.
@@ -166,10 +166,9 @@ def test_incremental_equals_one_shot_on_random_ids(tokenizer: Tokenizer, pool: s
         ids = [rng.choice(ids_pool) for _ in range(rng.randint(1, 30))]
         detok = IncrementalDetokenizer(tokenizer)
         streamed, k = "", 0
-        while k < len(ids):  # feed in random-sized chunks through both entry points
+        while k < len(ids):  # one token at a time, collecting text at random chunk ends
             step = rng.randint(1, 4)
-            chunk = ids[k : k + step]
-            streamed += detok.add(chunk[0]) if step == 1 else detok.add_tokens(chunk)
+            streamed += add_all(detok, ids[k : k + step])
             k += step
         streamed += detok.flush()
         expected = tokenizer.decode([i for i in ids if not tokenizer.is_special(i)])
@@ -185,9 +184,14 @@ def test_incremental_flush_releases_held_bytes(tokenizer: Tokenizer) -> None:
 
 def test_incremental_skips_eos(tokenizer: Tokenizer) -> None:
     detok = IncrementalDetokenizer(tokenizer)
-    assert detok.add_tokens([15496, 50256, 995]) == "Hello world"
+    assert add_all(detok, [15496, 50256, 995]) == "Hello world"
     keep = IncrementalDetokenizer(tokenizer, skip_special=False)
-    assert keep.add_tokens([15496, 50256]) == "Hello<|endoftext|>"
+    assert add_all(keep, [15496, 50256]) == "Hello<|endoftext|>"
+
+
+def add_all(detok: IncrementalDetokenizer, token_ids: list[int]) -> str:
+    """Feed tokens one by one; the text they completed."""
+    return "".join(detok.add(t) for t in token_ids)
 
 
 def _is_whole_utf8(raw: bytes) -> bool:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from model.attention import build_attention_metadata
-from model.config import NAMED_CONFIGS, named_config
-from model.weights import ModelLoadError, load_model, random_model, save_hf_checkpoint
+from gpt2serve.model.attention import build_attention_metadata
+from gpt2serve.model.config import NAMED_CONFIGS, named_config
+from gpt2serve.model.weights import ModelLoadError, load_model, random_model, save_hf_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from server.engine import Engine
-from server.request import RequestOutput, SamplingParams
-from server.scheduler import SchedulerOutput
+from gpt2serve.server.core.messages import RequestOutput, SchedulerOutput
+from gpt2serve.server.core.sampling_params import SamplingParams
+from gpt2serve.server.engine.engine import Engine
 
 
 def run_to_completion(
@@ -14,7 +14,7 @@ def run_to_completion(
 ) -> dict[str, list[RequestOutput]]:
     """Submit all requests at once and step until every one finished; outputs per request id."""
     for request_id, (prompt, params) in requests.items():
-        engine.add_request(request_id, prompt, params)
+        engine.add_request(request_id, engine.request_limits.check(prompt, params))
     outputs: dict[str, list[RequestOutput]] = {rid: [] for rid in requests}
     for _ in range(max_steps):
         if not engine.has_unfinished_requests():

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from model.gpt2 import GPT2LMHeadModel
-from model.weights import save_hf_checkpoint
+from gpt2serve.model.gpt2 import GPT2LMHeadModel
+from gpt2serve.model.weights import save_hf_checkpoint
 
 
 def hf_prompt_logprobs(

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
-from server.app import create_app
-from server.config import ServerSettings
-from server.engine import Engine
+from gpt2serve.server.api.app import create_app
+from gpt2serve.server.config import ServerSettings
+from gpt2serve.server.engine.engine import Engine
 
 
 def free_port() -> int:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
-from server.block_manager import BlockManager
-from server.request import Request, SamplingParams
-from server.scheduler import Scheduler, SchedulerOutput
+from gpt2serve.server.core.block_manager import BlockManager
+from gpt2serve.server.core.messages import SchedulerOutput
+from gpt2serve.server.core.request import Request
+from gpt2serve.server.core.sampling_params import SamplingParams
+from gpt2serve.server.core.scheduler import Scheduler
+from support.block_checks import check_block_invariants
 
 TokenFor = Callable[[Request], int]
 
@@ -18,11 +21,10 @@ def make_scheduler(
     max_num_seqs: int = 8,
     budget: int = 64,
     prefix: bool = True,
-    max_model_len: int = 1024,
 ) -> Scheduler:
     """A scheduler over a fresh block manager; `budget` is max_num_batched_tokens."""
     manager = BlockManager(num_blocks, block_size, prefix)
-    return Scheduler(manager, max_num_seqs, budget, max_model_len)
+    return Scheduler(manager, max_num_seqs, budget)
 
 
 def make_request(rid: str, prompt_len: int, max_tokens: int = 5, **params: object) -> Request:
@@ -65,6 +67,6 @@ def held_blocks(scheduler: Scheduler) -> int:
 def assert_all_free(scheduler: Scheduler) -> None:
     """Every block is back on the free list and no ref count is left."""
     manager = scheduler.block_manager
-    manager.check_invariants()
+    check_block_invariants(manager)
     assert manager.num_free_blocks == manager.num_usable_blocks
     assert all(count == 0 for count in manager.ref_counts)

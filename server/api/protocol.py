@@ -1,0 +1,157 @@
+"""Pydantic models of the OpenAI request bodies; unknown fields are ignored, not rejected.
+
+Every numeric bound comes from `core.sampling_params`, so the OpenAPI schema shows the limits
+`SamplingParams` enforces; rules that need code (stop strings, logit_bias entries, seed + n)
+live there only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gpt2serve.server.core import sampling_params as bounds
+from gpt2serve.server.core.field_checks import Bound
+from gpt2serve.server.core.sampling_params import SamplingParams
+
+NonNegInt = Annotated[int, Field(ge=0)]
+StopTokenIds = Annotated[list[NonNegInt], Field(max_length=bounds.MAX_STOP_TOKEN_IDS)]
+
+
+def bounded(bound: Bound, default: Any = None) -> Any:
+    """A pydantic `Field` with `default` that enforces `bound`."""
+    return Field(default, **bound.constraints())
+
+
+class OpenAIModel(BaseModel):
+    """Base: ignore unknown fields like the OpenAI API does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(OpenAIModel):
+    """`stream_options` of a streamed request."""
+
+    include_usage: bool = False
+
+
+class SamplingFields(OpenAIModel):
+    """Fields shared by completions and chat, including vLLM's extra sampling controls."""
+
+    model: str | None = None
+    n: int = bounded(bounds.N, 1)
+    temperature: float | None = bounded(bounds.TEMPERATURE)
+    top_p: float | None = bounded(bounds.TOP_P)
+    top_k: int | None = bounded(bounds.TOP_K)
+    min_p: float | None = bounded(bounds.MIN_P)
+    repetition_penalty: float | None = bounded(bounds.REPETITION_PENALTY)
+    presence_penalty: float | None = bounded(bounds.PRESENCE_PENALTY)
+    frequency_penalty: float | None = bounded(bounds.FREQUENCY_PENALTY)
+    no_repeat_ngram_size: int | None = bounded(bounds.NO_REPEAT_NGRAM_SIZE)
+    min_tokens: int = bounded(bounds.MIN_TOKENS, 0)
+    # Checked by SamplingParams: a union's errors would name the wrong branch.
+    stop: str | list[str] | None = None
+    stop_token_ids: StopTokenIds | None = None
+    ignore_eos: bool = False
+    seed: int | None = bounded(bounds.SEED)
+    logit_bias: dict[str, float] | None = None  # entries and keys: SamplingParams checks them
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    def sampling_params(
+        self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None
+    ) -> SamplingParams:
+        """The engine's `SamplingParams` for this body (raises SamplingParamsError)."""
+        given = {
+            name: getattr(self, name)
+            for name in (
+                "temperature",
+                "top_p",
+                "top_k",
+                "min_p",
+                "repetition_penalty",
+                "presence_penalty",
+                "frequency_penalty",
+                "no_repeat_ngram_size",
+            )
+            if getattr(self, name) is not None
+        }
+        return SamplingParams(
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            stop_token_ids=list(self.stop_token_ids or []),
+            ignore_eos=self.ignore_eos,
+            seed=self.seed,
+            n=self.n,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            logit_bias=dict(self.logit_bias or {}),  # string keys: SamplingParams checks them
+            **given,
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        """Whether a streamed response ends with a usage chunk."""
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+class CompletionRequest(SamplingFields):
+    """`POST /v1/completions` body."""
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # 0 only with echo or prompt_logprobs (scoring a prompt); SamplingParams says so.
+    max_tokens: int | None = bounded(bounds.MAX_TOKENS, 16)
+    echo: bool = False
+    logprobs: int | None = bounded(bounds.LOGPROBS)
+    prompt_logprobs: int | None = bounded(bounds.LOGPROBS)  # vLLM's extension
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+class ChatMessage(OpenAIModel):
+    """One chat message; content may be a string or a list of text parts."""
+
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text, joining text parts; non-text parts are an error."""
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        pieces = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ValueError("only text content parts are supported")
+            pieces.append(part["text"])
+        return "".join(pieces)
+
+
+class ChatCompletionRequest(SamplingFields):
+    """`POST /v1/chat/completions` body."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = bounded(bounds.MAX_NEW_TOKENS)
+    max_completion_tokens: int | None = bounded(bounds.MAX_NEW_TOKENS)
+    logprobs: bool = False
+    top_logprobs: int | None = bounded(bounds.LOGPROBS)
+    add_generation_prompt: bool = True
+
+
+class TokenizeRequest(OpenAIModel):
+    """`POST /tokenize` body: a prompt or chat messages."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(OpenAIModel):
+    """`POST /detokenize` body."""
+
+    model: str | None = None
+    tokens: list[NonNegInt]

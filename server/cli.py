@@ -1,0 +1,110 @@
+"""The `gpt2serve` command (and `python -m gpt2serve`): flags -> `ServerSettings` -> uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+import time
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from gpt2serve.server.config import ServerSettings
+
+logger = logging.getLogger("gpt2serve")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per settings field; unset flags fall back to GPT2SERVE_* env vars, then defaults."""
+    parser = argparse.ArgumentParser(
+        prog="gpt2serve", description="OpenAI-compatible GPT-2 inference server"
+    )
+    for name, field in ServerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (
+            f"{field.description or name} (env GPT2SERVE_{name.upper()}, default {field.default})"
+        )
+        if field.annotation is bool:
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(flag, default=argparse.SUPPRESS, help=help_text)
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> ServerSettings:
+    """Flags override environment variables, which override defaults."""
+    given: dict[str, Any] = vars(build_parser().parse_args(argv))
+    return ServerSettings(**given)
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: refuse new work (503), let in-flight requests finish, abort the rest."""
+
+    def __init__(self, config: uvicorn.Config, app: Any, shutdown_timeout: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.shutdown_timeout = shutdown_timeout
+        self._drain_task: asyncio.Task | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Build the engine (lifespan) and bind; only then announce the URL, once ready."""
+        await super().startup(sockets)
+        if not self.should_exit:
+            logger.info(
+                "serving %s at http://%s:%d/v1",
+                self.app.state.ctx.model_name, self.config.host, self.config.port,
+            )  # fmt: skip
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """First signal drains; a second one exits at once."""
+        ctx = getattr(self.app.state, "ctx", None)
+        if self._drain_task is not None or ctx is None:
+            super().handle_exit(sig, frame)
+            return
+        ctx.draining = True
+        logger.info("shutdown requested: draining for up to %.0fs", self.shutdown_timeout)
+        loop = asyncio.get_event_loop()
+        self._drain_task = loop.create_task(self._drain(ctx, sig, frame))
+
+    async def _drain(self, ctx: Any, sig: int, frame: Any) -> None:
+        deadline = time.monotonic() + self.shutdown_timeout
+        while ctx.engine.num_open_streams > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if ctx.engine.num_open_streams > 0:
+            logger.warning("aborting %d requests still running", ctx.engine.num_open_streams)
+            ctx.engine.abort_all()
+            await asyncio.sleep(0.5)  # let the final `abort` chunks reach their clients
+        # Not super().handle_exit: uvicorn would re-raise SIGTERM on exit and the status
+        # would be -15; a completed drain is a clean exit.
+        self.should_exit = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `gpt2serve` command."""
+    try:
+        settings = parse_settings(argv)
+    except ValidationError as exc:
+        sys.exit(f"gpt2serve: invalid settings:\n{exc}")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from gpt2serve.server.api.app import create_app
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
+    )
+    DrainingServer(config, app, settings.shutdown_timeout).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""`SamplingParams` and the one table of request bounds that the HTTP schema also reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpt2serve.server.core.field_checks import (
+    Bound,
+    SamplingParamsError,
+    check,
+    check_bool,
+    check_int,
+    check_range,
+    check_stop_strings,
+    check_token_id_list,
+    normalized_logit_bias,
+)
+
+__all__ = ["SamplingParams", "SamplingParamsError"]
+
+# Every bound of a request, written once. `api.protocol` puts them into the OpenAPI schema;
+# `SamplingParams` enforces them for every caller, HTTP or not.
+MAX_TOKENS = Bound(0)  # 0 only scores a prompt (echo / prompt_logprobs)
+MAX_NEW_TOKENS = Bound(1)  # a request that generates
+MIN_TOKENS = Bound(0)
+TEMPERATURE = Bound(0.0, 2.0)
+TOP_P = Bound(0.0, 1.0, low_open=True)
+TOP_K = Bound(-1)  # -1 and 0 both mean off
+MIN_P = Bound(0.0, 1.0)
+REPETITION_PENALTY = Bound(0.0, 2.0, low_open=True)
+PRESENCE_PENALTY = Bound(-2.0, 2.0)
+FREQUENCY_PENALTY = Bound(-2.0, 2.0)
+NO_REPEAT_NGRAM_SIZE = Bound(0)
+N = Bound(1, 16)
+MAX_LOGPROBS = 20
+LOGPROBS = Bound(0, MAX_LOGPROBS)  # logprobs, top_logprobs and prompt_logprobs alike
+# Choice i of a seeded request draws with seed + i: the last one must be an int64 too.
+MAX_SEED = 2**63 - 1
+SEED = Bound(0, MAX_SEED)
+LOGIT_BIAS_VALUE = Bound(-100.0, 100.0)
+MAX_LOGIT_BIAS = 1024
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_LEN = 256
+MAX_STOP_TOKEN_IDS = 64
+
+
+@dataclass
+class SamplingParams:
+    """How to generate: limits, stop conditions and the sampling controls, validated."""
+
+    max_tokens: int = 16
+    min_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+    n: int = 1
+    logprobs: int | None = None
+    # Logprobs of every prompt token after the first, with this many alternatives (vLLM's field;
+    # echo + logprobs asks for them too). Such a request takes no prefix-cache hits.
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Normalize the spellings the API allows before validating one canonical form.
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.top_k == -1:
+            self.top_k = 0
+        self._validate_lengths()
+        check_range("temperature", self.temperature, TEMPERATURE)
+        check_range("top_p", self.top_p, TOP_P)
+        check_int("top_k", self.top_k, TOP_K)
+        check_range("min_p", self.min_p, MIN_P)
+        check_range("repetition_penalty", self.repetition_penalty, REPETITION_PENALTY)
+        check_range("presence_penalty", self.presence_penalty, PRESENCE_PENALTY)
+        check_range("frequency_penalty", self.frequency_penalty, FREQUENCY_PENALTY)
+        check_stop_strings(self.stop, MAX_STOP_STRINGS, MAX_STOP_STRING_LEN)
+        check_token_id_list("stop_token_ids", self.stop_token_ids, MAX_STOP_TOKEN_IDS)
+        check_bool("ignore_eos", self.ignore_eos)
+        check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, NO_REPEAT_NGRAM_SIZE)
+        self._validate_seed()
+        if self.logprobs is not None:
+            check_int("logprobs", self.logprobs, LOGPROBS)
+        if self.prompt_logprobs is not None:
+            check_int("prompt_logprobs", self.prompt_logprobs, LOGPROBS)
+        self.logit_bias = normalized_logit_bias(self.logit_bias, MAX_LOGIT_BIAS, LOGIT_BIAS_VALUE)
+
+    def _validate_lengths(self) -> None:
+        # Scoring a prompt (lm-eval's echo + max_tokens=0) generates nothing: the request
+        # finishes once its prompt is computed. Without prompt logprobs 0 would do no work.
+        check_int("max_tokens", self.max_tokens, MAX_TOKENS)
+        check(
+            self.max_tokens >= MAX_NEW_TOKENS.low or self.prompt_logprobs is not None,
+            "max_tokens",
+            "max_tokens must be >= 1, got 0 (0 only scores the prompt: echo or prompt_logprobs)",
+        )
+        check_int("min_tokens", self.min_tokens, MIN_TOKENS)
+        check(
+            self.min_tokens <= self.max_tokens,
+            "min_tokens",
+            f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+        )
+        check_int("n", self.n, N)
+
+    def _validate_seed(self) -> None:
+        if self.seed is None:
+            return
+        check_int("seed", self.seed, SEED)
+        last_seed = self.seed + self.n - 1
+        check(
+            last_seed <= MAX_SEED,
+            "seed",
+            f"seed + n - 1 must be <= {MAX_SEED} (choice i samples with seed + i), got {last_seed}",
+        )
+
+    @property
+    def greedy(self) -> bool:
+        """Whether sampling reduces to argmax."""
+        return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def needs_penalties(self) -> bool:
+        """Whether any repetition/presence/frequency penalty is active."""
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )

@@ -1,0 +1,58 @@
+"""Chat templates: the built-in GPT-2 transcript, custom Jinja2 files, and the sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpt2serve.server.api.chat_template import ChatTemplate, ChatTemplateError
+from gpt2serve.server.api.protocol import ChatMessage
+
+MESSAGES = [
+    ChatMessage(role="system", content="You are terse."),
+    ChatMessage(role="user", content="Hi"),
+    ChatMessage(role="assistant", content="Hello."),
+    ChatMessage(
+        role="user",
+        content=[{"type": "text", "text": "How "}, {"type": "text", "text": "are you?"}],
+    ),
+]
+
+
+def test_default_template_renders_a_transcript() -> None:
+    text = ChatTemplate().render(MESSAGES)
+    assert text == "You are terse.\n\nUser: Hi\nAssistant: Hello.\nUser: How are you?\nAssistant:"
+    assert not ChatTemplate().render(MESSAGES, add_generation_prompt=False).endswith("Assistant:")
+
+
+def test_template_from_file(tmp_path: Path) -> None:
+    path = tmp_path / "chatml.jinja"
+    path.write_text(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    text = ChatTemplate.from_file(path).render(MESSAGES[:2])
+    assert text == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+def test_sandbox_blocks_python_internals() -> None:
+    template = ChatTemplate("{{ messages.__class__.__mro__[1].__subclasses__() }}")
+    with pytest.raises(ChatTemplateError):
+        template.render(MESSAGES)
+
+
+def test_raise_exception_and_syntax_errors() -> None:
+    with pytest.raises(ChatTemplateError, match="roles must alternate"):
+        ChatTemplate("{{ raise_exception('roles must alternate') }}").render(MESSAGES)
+    with pytest.raises(ChatTemplateError, match="invalid chat template"):
+        ChatTemplate("{% for %}")
+
+
+def test_non_text_parts_are_rejected() -> None:
+    message = ChatMessage(role="user", content=[{"type": "image_url", "image_url": {"url": "x"}}])
+    with pytest.raises(ValueError, match="only text"):
+        ChatTemplate().render([message])

@@ -1,0 +1,168 @@
+"""Every error case answers its status in the OpenAI envelope, and the server keeps serving."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gpt2serve.server.engine.engine import Engine, EngineConfig
+from support.http_server import running_server
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_model, tokenizer):
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=128))
+    with running_server(engine, max_request_bytes=8192) as (url, _):
+        yield url
+
+
+def post(base_url: str, path: str, **kwargs) -> httpx.Response:
+    return httpx.post(f"{base_url}{path}", timeout=30, **kwargs)
+
+
+def assert_error(
+    response: httpx.Response, status: int, fragment: str, param: str | None = None
+) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"], error["message"]
+    if param is not None:
+        assert error["param"] == param
+    assert "Traceback" not in response.text
+    return error
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment", "param"),
+    [
+        ({"prompt": "x", "temperature": 5}, "temperature", "temperature"),
+        ({"prompt": "x", "top_p": 0}, "top_p", "top_p"),
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens", "max_tokens"),
+        ({"prompt": "x", "n": 100}, "n", "n"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs", "logprobs"),
+        ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", None),
+        ({"prompt": "x", "logit_bias": {"5": 1000}}, "logit_bias", "logit_bias"),
+        ({"prompt": "x", "min_tokens": 50, "max_tokens": 5}, "min_tokens", "min_tokens"),
+        ({"prompt": "x", "stop": ["s"] * 100}, "stop", "stop"),
+        ({"prompt": "x", "suffix": "y"}, "suffix is not supported", "suffix"),
+        ({"prompt": "x", "best_of": 3}, "best_of is not supported", "best_of"),
+        ({"prompt": [50257]}, "prompt token ids", "prompt"),
+        # Choice 1 would sample with seed 2**63, past int64: the engine must never see it.
+        ({"prompt": "x", "seed": 2**63 - 1, "n": 2}, "seed + n - 1", "seed"),
+        ({"prompt": "x", "stop_token_ids": [50257]}, "stop_token_ids token ids", "stop_token_ids"),
+        ({"prompt": []}, "prompt must not be empty", "prompt"),
+        (
+            {"prompt": "word " * 1000, "max_tokens": 100},
+            "maximum context length is 1024",
+            "max_tokens",
+        ),
+        ({}, "prompt", "prompt"),
+    ],
+)
+def test_invalid_completion_fields_are_400(base_url, body, fragment, param) -> None:
+    assert_error(
+        post(base_url, "/v1/completions", json={"model": "tiny", **body}), 400, fragment, param
+    )
+
+
+def test_context_error_names_the_numbers(base_url) -> None:
+    response = post(base_url, "/v1/completions", json={"prompt": [1] * 1000, "max_tokens": 30})
+    assert_error(response, 400, "1000 prompt tokens + 30 max_tokens = 1030")
+
+
+def test_malformed_json_and_bad_utf8_are_400(base_url) -> None:
+    headers = {"content-type": "application/json"}
+    assert_error(
+        post(base_url, "/v1/completions", content=b"{not json", headers=headers), 400, "JSON"
+    )
+    bad = b'{"prompt": "\xff\xfe", "max_tokens": 2}'
+    response = post(base_url, "/v1/completions", content=bad, headers=headers)
+    assert_error(response, 400, "UTF-8")
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_model_is_404(base_url) -> None:
+    response = post(base_url, "/v1/completions", json={"model": "gpt-4", "prompt": "x"})
+    assert_error(response, 404, "does not exist", "model")
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_chat_unknown_model_is_404(base_url) -> None:
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
+    response = post(base_url, "/v1/chat/completions", json=body)
+    error = assert_error(response, 404, "does not exist", "model")
+    assert error["code"] == "model_not_found" and error["type"] == "not_found_error"
+
+
+def test_body_over_limit_is_413(base_url) -> None:
+    response = post(base_url, "/v1/completions", json={"prompt": "x" * 10_000})
+    assert_error(response, 413, "exceeds 8192 bytes")
+
+
+def test_unknown_fields_are_ignored(base_url) -> None:
+    body = {"prompt": "Hi", "max_tokens": 2, "some_future_field": {"a": 1}}
+    assert post(base_url, "/v1/completions", json=body).status_code == 200
+
+
+def test_chat_errors(base_url) -> None:
+    assert_error(post(base_url, "/v1/chat/completions", json={"messages": []}), 400, "messages")
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}
+    assert_error(post(base_url, "/v1/chat/completions", json=body), 400, "only text content")
+    body = {"messages": [{"role": "wizard", "content": "x"}]}
+    assert_error(post(base_url, "/v1/chat/completions", json=body), 400, "role")
+
+
+def test_server_still_serves_after_errors(base_url) -> None:
+    response = post(base_url, "/v1/completions", json={"prompt": "Still alive", "max_tokens": 3})
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] >= 1
+    assert httpx.get(f"{base_url}/health").status_code == 200
+
+
+def test_tokenize_and_detokenize(base_url) -> None:
+    tokens = post(base_url, "/tokenize", json={"prompt": "Hello world"}).json()
+    assert tokens["tokens"] == [15496, 995] and tokens["count"] == 2
+    assert (
+        post(base_url, "/detokenize", json={"tokens": [15496, 995]}).json()["prompt"]
+        == "Hello world"
+    )
+    assert_error(post(base_url, "/detokenize", json={"tokens": [999999]}), 400, "token ids")
+    chat = post(
+        base_url, "/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}
+    ).json()
+    assert chat["count"] > 2
+
+
+def test_version(base_url) -> None:
+    assert "version" in httpx.get(f"{base_url}/version").json()
+
+
+def test_api_key_required_when_set(tiny_model, tokenizer) -> None:
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
+    with running_server(engine, api_key="sekret") as (url, _):
+        body = {"prompt": "x", "max_tokens": 1}
+        assert_error(httpx.post(f"{url}/v1/completions", json=body), 401, "API key")
+        wrong = {"authorization": "Bearer nope"}
+        assert_error(httpx.post(f"{url}/v1/completions", json=body, headers=wrong), 401, "API key")
+        right = {"authorization": "Bearer sekret"}
+        assert (
+            httpx.post(f"{url}/v1/completions", json=body, headers=right, timeout=30).status_code
+            == 200
+        )
+        assert httpx.get(f"{url}/health").status_code == 200
+        assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+def test_internal_error_is_500_without_traceback(tiny_model, tokenizer) -> None:
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
+    with running_server(engine) as (url, app):
+
+        def broken_encode(text: str) -> list[int]:
+            raise RuntimeError("secret internal detail")
+
+        app.state.ctx.encode = broken_encode
+        response = httpx.post(f"{url}/v1/completions", json={"prompt": "x"}, timeout=30)
+        assert_error(response, 500, "internal server error")
+        assert "secret internal detail" not in response.text
+        assert httpx.get(f"{url}/health").status_code == 200
