@@ -37,6 +37,7 @@ COPY model ./model
 COPY kernels ./kernels
 COPY loadtest ./loadtest
 COPY benchmarks ./benchmarks
+COPY acceptance ./acceptance
 RUN pip install .
 # Fetch tiktoken's GPT-2 file at build time so the image starts without network access.
 # DL3064: "TOKEN" here is tiktoken's cache path, not a secret.

@@ -107,7 +107,7 @@ def load_hf_copy(model):
 
 
 def bench_hf(
-    hf, args: argparse.Namespace, prompts: list[list[int]], compiled: bool = False
+    hf, prompts: list[list[int]], output_len: int, batch1_steps: int, compiled: bool = False
 ) -> BenchResult:
     """The workload through `transformers` generate: eager dynamic cache, or static + compile."""
     device = next(hf.parameters()).device
@@ -125,23 +125,23 @@ def bench_hf(
     with torch.no_grad():
         # Warm-up: a static cache is sized by prompt + new tokens, so each timed shape
         # compiles its own graph; compile them all before timing.
-        warm_ups = [(inputs, args.output_len), (inputs[:1], 1), (inputs[:1], args.batch1_steps + 1)]
+        warm_ups = [(inputs, output_len), (inputs[:1], 1), (inputs[:1], batch1_steps + 1)]
         for batch, new_tokens in warm_ups if compiled else [(inputs[:1], 3), (inputs, 3)]:
             generate(batch, new_tokens)
         _sync(device)
         start = time.perf_counter()
-        generate(inputs, args.output_len)
+        generate(inputs, output_len)
         _sync(device)
         seconds = time.perf_counter() - start
         timings = []
-        for new in (1, args.batch1_steps + 1):
+        for new in (1, batch1_steps + 1):
             _sync(device)
             t0 = time.perf_counter()
             generate(inputs[:1], new)
             _sync(device)
             timings.append(time.perf_counter() - t0)
-    generated = len(prompts) * args.output_len
-    batch1 = (timings[1] - timings[0]) * 1000 / args.batch1_steps
+    generated = len(prompts) * output_len
+    batch1 = (timings[1] - timings[0]) * 1000 / batch1_steps
     name = (
         "hf-transformers (static cache + torch.compile)" if compiled else "hf-transformers (eager)"
     )
@@ -193,9 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.hf or args.hf_compile:
         hf = load_hf_copy(model)
         if args.hf:
-            results.append(bench_hf(hf, args, prompts))
+            results.append(bench_hf(hf, prompts, args.output_len, args.batch1_steps))
         if args.hf_compile:
-            results.append(bench_hf(hf, args, prompts, compiled=True))
+            results.append(bench_hf(hf, prompts, args.output_len, args.batch1_steps, compiled=True))
     print(
         f"workload: {args.num_prompts} prompts x ({args.input_len} in, {args.output_len} out), "
         f"model {args.model}, device {resolve_device(args.device)}"

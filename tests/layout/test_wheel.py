@@ -29,7 +29,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     source = tmp_path_factory.mktemp("source")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for top in ("src", "server", "model", "kernels", "loadtest", "benchmarks"):
+    for top in ("src", "server", "model", "kernels", "loadtest", "benchmarks", "acceptance"):
         shutil.copytree(REPO / top, source / top, ignore=shutil.ignore_patterns("__pycache__"))
     dist = tmp_path_factory.mktemp("dist")
     # No build isolation: the test extra brings setuptools and wheel, and CI may be offline.

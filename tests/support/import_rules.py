@@ -14,7 +14,7 @@ from pathlib import Path
 import tomllib
 
 # The names the repository's folders had before they became one package: nothing may use them.
-GHOST_PACKAGES = ("server", "model", "kernels", "loadtest", "benchmarks")
+GHOST_PACKAGES = ("server", "model", "kernels", "loadtest", "benchmarks", "acceptance")
 WEB = ("fastapi", "starlette", "uvicorn")
 
 
@@ -34,6 +34,7 @@ LAYERS: dict[str, Layer] = {
     f"{G}.model": Layer((f"{G}.model", f"{G}.kernels"), WEB),
     f"{G}.loadtest": Layer((f"{G}.loadtest",), ("torch", "triton")),
     f"{G}.benchmarks": Layer((G,)),
+    f"{G}.acceptance": Layer((G,)),
     S: Layer((S,)),  # server/__init__.py
     f"{S}.config": Layer(()),
     f"{S}.cli": Layer((f"{S}.cli", f"{S}.config", f"{S}.api")),
