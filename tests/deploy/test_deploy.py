@@ -194,7 +194,8 @@ def test_dockerignore_keeps_junk_out_but_not_what_the_image_copies() -> None:
             for p in patterns
         )
 
-    for junk in (".git", ".venv", ".venv-ci", ".ci", ".hypothesis", "docs", "tests", "deploy"):
+    for junk in (".git", ".venv", ".venv-ci", ".ci", ".hypothesis", "docs", "tests", "deploy",
+                 ".triton-3.6", "offline-bundle"):  # fmt: skip
         assert ignored(junk), junk
     copied = [
         source

@@ -3,7 +3,9 @@
 The interpreter runs kernels as numpy and forgives what the compiler rejects (loop-carried
 types, scalar branches, layouts, shared memory); this compiles every kernel at the block
 sizes its launcher picks, in a subprocess because TRITON_INTERPRET is read at decoration.
-Run as a script, it does the compiling.
+Run as a script, it does the compiling. It runs once with this environment's Triton and once
+with each Triton folder in GPT2SERVE_EXTRA_TRITON (`pip install --target`; `.ci/run` adds 3.6,
+the oldest release the project supports, while the environment has the newest).
 """
 
 from __future__ import annotations
@@ -87,9 +89,24 @@ def compile_all() -> int:
     return count
 
 
-def test_every_kernel_compiles_for_sm90() -> None:
+def triton_installs() -> list[str]:
+    """ "" for this environment's Triton, then each folder of GPT2SERVE_EXTRA_TRITON."""
+    extra = os.environ.get("GPT2SERVE_EXTRA_TRITON", "")
+    return ["", *(folder for folder in extra.split(os.pathsep) if folder)]
+
+
+def folder_version(folder: str) -> str:
+    """The Triton version a `pip install --target` folder holds."""
+    (dist_info,) = Path(folder).glob("triton-*.dist-info")
+    return dist_info.name.removeprefix("triton-").removesuffix(".dist-info")
+
+
+@pytest.mark.parametrize("triton_folder", triton_installs())
+def test_every_kernel_compiles_for_sm90(triton_folder: str) -> None:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_folder:
+        env["PYTHONPATH"] = os.pathsep.join([triton_folder, env.get("PYTHONPATH", "")])
     proc = subprocess.run(
         [sys.executable, __file__], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
         timeout=600,
@@ -97,8 +114,14 @@ def test_every_kernel_compiles_for_sm90() -> None:
     if proc.returncode == SKIP_EXIT:
         pytest.skip("this Triton build has no CUDA compiler")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled" in proc.stdout
+    assert "compiled 32 kernel configurations" in proc.stdout
+    if triton_folder:  # it really was that Triton
+        assert proc.stdout.strip().endswith(f"with Triton {folder_version(triton_folder)}")
 
 
 if __name__ == "__main__":
-    print(f"compiled {compile_all()} kernel configurations for sm_90")
+    import triton
+
+    print(
+        f"compiled {compile_all()} kernel configurations for sm_90 with Triton {triton.__version__}"
+    )
