@@ -9,9 +9,10 @@ import random
 
 import torch
 
+from gpt2serve.model.config import named_config
 from gpt2serve.model.gpt2 import GPT2LMHeadModel
 from gpt2serve.model.tokenizer import Tokenizer
-from gpt2serve.model.weights import load_model
+from gpt2serve.model.weights import RANDOM_PREFIX, load_model, random_model
 from gpt2serve.server.core.messages import RequestOutput, TokenLogprobs
 from gpt2serve.server.core.sampling_params import SamplingParams
 from gpt2serve.server.engine.engine import DecodeMode, Engine, EngineConfig
@@ -39,8 +40,14 @@ def build(
     return Engine(model, tokenizer, config)
 
 
-def load(name: str, device: str, dtype: torch.dtype) -> GPT2LMHeadModel:
-    """A `random:<size>` model, seeded, on `device`."""
+def load(
+    name: str, device: str, dtype: torch.dtype, draw_on_device: bool = False
+) -> GPT2LMHeadModel:
+    """A `random:<size>` model, seeded, on `device`: the weights `--model <name>` loads, or,
+    with `draw_on_device`, other random weights drawn there (fast for the large shapes)."""
+    if draw_on_device:
+        config = named_config(name.removeprefix(RANDOM_PREFIX))
+        return random_model(config, device, dtype, seed=0, init_device=device)
     return load_model(name, device, dtype, seed=0)
 
 

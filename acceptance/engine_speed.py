@@ -88,7 +88,7 @@ def run(ctx: StepContext) -> Iterator[Measurement]:
 def run_xl(ctx: StepContext) -> Iterator[Measurement]:
     """The largest GPT-2 shape (the dry run uses tiny: the code path, not the size)."""
     name, num, input_len, output_len, steps = XL_SIZES["cpu" if ctx.dry_run else "full"]
-    model = engine_runs.load(name, ctx.device, _dtype(ctx))
+    model = engine_runs.load(name, ctx.device, _dtype(ctx), draw_on_device=True)
     prompts = bench.random_prompts(num, input_len, model.config.vocab_size)
     yield from _ours(model, prompts, output_len, steps, name, hold=False)
 

@@ -166,3 +166,29 @@ def test_offline_hub_id_loads_from_hf_cache(
     torch.testing.assert_close(
         full_logits(model, tokens), full_logits(load_model(str(saved_dir)), tokens)
     )
+
+
+def test_random_weights_drawn_elsewhere_keep_the_init_scheme() -> None:
+    """`init_device` changes where numbers are drawn, not GPT-2's initialisation."""
+    config = named_config("tiny")
+    cpu = random_model(config, "cpu", torch.float32, seed=3)
+    again = random_model(config, "cpu", torch.float32, seed=3, init_device="cpu")
+    for a, b in zip(cpu.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)
+    params = dict(cpu.named_parameters())
+    assert params["transformer.h.0.ln_1.weight"].eq(1).all()
+    assert params["transformer.h.0.attn.c_attn.bias"].eq(0).all()
+    assert abs(params["transformer.wte.weight"].std().item() - 0.02) < 2e-3
+
+
+@pytest.mark.gpu
+def test_random_weights_drawn_on_the_gpu() -> None:
+    config = named_config("tiny")
+    model = random_model(config, "cuda", torch.float16, seed=3, init_device="cuda")
+    params = dict(model.named_parameters())
+    assert params["transformer.wte.weight"].device.type == "cuda"
+    assert params["transformer.wte.weight"].dtype == torch.float16
+    assert params["transformer.h.0.ln_1.weight"].eq(1).all()
+    assert abs(params["transformer.wte.weight"].float().std().item() - 0.02) < 2e-3
+    again = random_model(config, "cuda", torch.float16, seed=3, init_device="cuda")
+    assert torch.equal(params["transformer.wte.weight"], again.transformer.wte.weight)
