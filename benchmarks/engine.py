@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2serve import kernels
 from gpt2serve.model.cpu_linear import optimize_for_cpu
 from gpt2serve.model.tokenizer import Tokenizer
 from gpt2serve.model.weights import load_model, save_hf_checkpoint
@@ -81,8 +82,9 @@ def bench_engine(args: argparse.Namespace, prompts: list[list[int]]) -> tuple[Be
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     model = load_model(args.model, device, dtype)
-    if device.type == "cpu":
+    if device.type == "cpu":  # as the server runs on a CPU
         optimize_for_cpu(model)
+        kernels.use_cpu_attention_kernel(not args.no_cpu_kernel)
     config = EngineConfig(
         num_blocks=args.num_kv_blocks,
         max_num_seqs=args.max_num_seqs,
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=4096)
     parser.add_argument("--num-kv-blocks", type=int, default=4096)
-    parser.add_argument("--cpu-threads", type=int, default=None, help="default: cores - 1")
+    parser.add_argument("--cpu-threads", type=int, default=None, help="default: every core")
+    parser.add_argument("--no-cpu-kernel", action="store_true", help="torch reference attention")
     parser.add_argument("--hf", action="store_true", help="also run HF transformers generate")
     parser.add_argument(
         "--hf-compile", action="store_true", help="also HF with a static cache + torch.compile"

@@ -21,6 +21,7 @@ __all__ = [
     "paged_attention",
     "sample",
     "triton_enabled",
+    "use_cpu_attention_kernel",
     "write_kv_cache",
 ]
 
@@ -35,12 +36,27 @@ def _triton_importable() -> bool:
 
 
 _triton_disabled = False
+_cpu_attention_kernel = False
 
 
 def disable_triton(disabled: bool = True) -> None:
     """Serve CUDA tensors with the torch reference too (`--disable-triton`), process-wide."""
     global _triton_disabled
     _triton_disabled = disabled
+
+
+def use_cpu_attention_kernel(enabled: bool = True) -> bool:
+    """Serve CPU decode attention with the C++ kernel (built now if need be), process-wide.
+
+    Returns whether it is in use: False where it cannot be built (the reference serves).
+    """
+    global _cpu_attention_kernel
+    if enabled:
+        from gpt2serve.kernels import cpu_attention
+
+        enabled = cpu_attention.load() is not None
+    _cpu_attention_kernel = enabled
+    return enabled
 
 
 def triton_enabled(device: torch.device | str) -> bool:
@@ -84,6 +100,10 @@ def paged_attention(
         from gpt2serve.kernels.attention import paged_attention as triton_attention
 
         return triton_attention(*args, max_query_len, max_seq_len, scale)
+    if _cpu_attention_kernel and query.device.type == "cpu":
+        from gpt2serve.kernels.cpu_attention import decode_attention
+
+        return reference.paged_attention(*args, max_query_len, max_seq_len, scale, decode_attention)
     return reference.paged_attention(*args, max_query_len, max_seq_len, scale)
 
 

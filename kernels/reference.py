@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +54,7 @@ def paged_attention(
     max_query_len: int,
     max_seq_len: int,
     scale: float,
+    decode: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:  # [num_tokens, n_head, head_dim]
     """Attention of each sequence's new tokens over its whole paged context.
 
@@ -59,20 +62,22 @@ def paged_attention(
     `q_len` new tokens and `seq_len` total sits at position `seq_len - q_len + j`; it
     attends to every position up to and including its own (causal within the new tokens,
     full over the cached prefix), which makes chunked prefill and prefix reuse one path.
+    `decode` replaces the one-query-per-sequence part (the C++ CPU kernel plugs in there).
     """
+    decode = decode or _decode_attention
     output = torch.empty_like(query)
     seq_lens_list = seq_lens.tolist()
     starts = query_start_loc.tolist()
     query_lens = [starts[i + 1] - starts[i] for i in range(len(seq_lens_list))]
     decode_idx = [i for i, q in enumerate(query_lens) if q == 1]
     if decode_idx and len(decode_idx) == len(query_lens) and max_query_len == 1:
-        output.copy_(_decode_attention(query, k_cache, v_cache, block_tables, seq_lens, scale))
+        output.copy_(decode(query, k_cache, v_cache, block_tables, seq_lens, scale))
         return output
     if decode_idx:
         idx = torch.tensor(decode_idx, device=query.device)
         token_idx = query_start_loc[idx].long()
-        output[token_idx] = _decode_attention(
-            query[token_idx], k_cache, v_cache, block_tables[idx], seq_lens[idx], scale
+        output[token_idx] = decode(
+            query[token_idx].contiguous(), k_cache, v_cache, block_tables[idx], seq_lens[idx], scale
         )
     for i, q_len in enumerate(query_lens):
         if q_len > 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import socket
 import sys
 import time
@@ -97,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Before torch loads OpenMP: idle compute threads sleep instead of spinning, so on a CPU
+    # they share every core with the HTTP side (docs/BENCHMARKS.md: 1.3x at 16 streams on 2
+    # cores against one dedicated core). A user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from gpt2serve.server.api.app import create_app
 
     app = create_app(settings)

@@ -30,11 +30,14 @@ class ServerSettings(BaseSettings):
     max_waiting_requests: int = Field(1024, ge=1)
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="disable CUDA graphs")
+    cpu_attention_kernel: bool = Field(
+        True, description="CPU: decode attention in C++ (built once with a C++ compiler, cached)"
+    )
     disable_triton: bool = Field(
         False, description="run the torch reference kernels on CUDA too (A/B checks, debugging)"
     )
     cpu_threads: int | None = Field(
-        None, ge=1, description="torch threads on CPU; default: cores - 1 (one for the API)"
+        None, ge=1, description="torch threads on CPU; default: every core this process may use"
     )
     api_key: str | None = None
     chat_template: str | None = Field(None, description="Jinja2 chat template file")

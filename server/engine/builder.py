@@ -45,9 +45,18 @@ def load_tokenizer(model_spec: str) -> Tokenizer:
     return Tokenizer.for_model_dir(resolve_model_dir(model_spec))
 
 
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def configure_cpu_threads(requested: int | None) -> int:
-    """Leave a core to the HTTP side: oversubscribed BLAS threads spin and stall each other."""
-    threads = requested or max(1, (os.cpu_count() or 1) - 1)
+    """Every core by default: with OMP_WAIT_POLICY=PASSIVE (set by the CLI) idle compute threads
+    sleep, so the HTTP side still gets a core when it needs one."""
+    threads = requested or available_cores()
     torch.set_num_threads(threads)
     return threads
 
@@ -60,6 +69,9 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
         logger.info(
             "CPU inference with %d torch threads", configure_cpu_threads(settings.cpu_threads)
         )
+        if settings.cpu_attention_kernel:
+            logger.info("loading the C++ CPU attention kernel (the first start builds it, ~20 s)")
+        kernels.use_cpu_attention_kernel(settings.cpu_attention_kernel)
     dtype = resolve_dtype(settings.dtype, device)
     started = time.monotonic()
     model = load_model(settings.model, device, dtype, seed=settings.seed)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from gpt2serve import kernels
+from gpt2serve.model.cpu_linear import optimize_for_cpu
 from gpt2serve.model.gpt2 import GPT2LMHeadModel
 from gpt2serve.model.tokenizer import Tokenizer
 from gpt2serve.model.weights import save_hf_checkpoint
@@ -74,6 +77,24 @@ def test_batched_requests_match_alone(
     assert_same_tokens(engine, alone_tokens)
     assert len(schedules[0].scheduled) == 32  # all 32 prompts really ran in one batch
     assert len({tuple(t) for t in alone_tokens.values()}) == 32  # 32 different continuations
+
+
+def test_cpu_serving_path_is_batch_invariant(
+    engine_model: GPT2LMHeadModel, tokenizer: Tokenizer
+) -> None:
+    """Packed linears (BLAS rows alone, oneDNN in the batch) and the C++ decode attention."""
+    served = copy.deepcopy(engine_model)
+    assert optimize_for_cpu(served) > 0
+    if not kernels.use_cpu_attention_kernel():
+        pytest.skip("no C++ toolchain to build the CPU attention kernel")
+    try:
+        alone = {
+            rid: tokens_of(run_to_completion(build_engine(served, tokenizer), {rid: job})[rid])
+            for rid, job in mixed_requests(32).items()
+        }
+        assert_same_tokens(build_engine(served, tokenizer, num_blocks=512), alone)
+    finally:
+        kernels.use_cpu_attention_kernel(False)
 
 
 def test_preemption_keeps_results(

@@ -164,16 +164,29 @@ def test_chunked_prefill_matches_one_shot(model, chunk: int) -> None:
 
 
 @torch.no_grad()
-def test_cpu_optimized_linears_keep_logits(hf_dir) -> None:
-    from gpt2serve.model.cpu_linear import optimize_for_cpu
+@pytest.mark.parametrize("cpu_attention_kernel", [False, True])
+def test_cpu_serving_path_keeps_logits(hf_dir, cpu_attention_kernel: bool) -> None:
+    """Packed linears (both row routes) and the C++ decode attention: the plain model's logits."""
+    from gpt2serve import kernels
+    from gpt2serve.model.cpu_linear import PACKED_FROM_ROWS, optimize_for_cpu
 
     plain = load_model(str(hf_dir))
     fast = load_model(str(hf_dir))
     assert optimize_for_cpu(fast) == 4 * fast.config.n_layer
     names = {n for n, _ in fast.named_parameters()}
     assert names == {n for n, _ in plain.named_parameters()}
-    for length in (3, 20):  # below and above the packed-rows cutoff
-        prompt = random_prompt(length, seed=40 + length)
-        expected = PagedSequences(plain, num_seqs=1).step({0: prompt})[0]
-        actual = PagedSequences(fast, num_seqs=1).step({0: prompt})[0]
-        torch.testing.assert_close(actual, expected, atol=1e-4, rtol=0)
+    if cpu_attention_kernel and not kernels.use_cpu_attention_kernel():
+        pytest.skip("no C++ toolchain to build the CPU attention kernel")
+    try:
+        for num_seqs in (PACKED_FROM_ROWS - 2, PACKED_FROM_ROWS + 2):  # both sides of the cutoff
+            expected_seqs = PagedSequences(plain, num_seqs=num_seqs, seed=num_seqs)
+            actual_seqs = PagedSequences(fast, num_seqs=num_seqs, seed=num_seqs)
+            prompts = {i: random_prompt(3 + 17 * i, seed=40 + i) for i in range(num_seqs)}
+            for step in range(4):  # the prefill, then three decode steps of the whole batch
+                feed = prompts if step == 0 else {i: [100 + step + i] for i in range(num_seqs)}
+                expected = expected_seqs.step(feed)
+                actual = actual_seqs.step(feed)
+                for i in range(num_seqs):
+                    torch.testing.assert_close(actual[i], expected[i], atol=1e-4, rtol=0)
+    finally:
+        kernels.use_cpu_attention_kernel(False)
