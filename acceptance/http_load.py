@@ -4,17 +4,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-
-import httpx
 
 from gpt2serve.acceptance import targets
 from gpt2serve.acceptance.plan import StepContext
 from gpt2serve.acceptance.results import Measurement
+from gpt2serve.benchmarks.local_server import free_port, stop, wait_healthy
 from gpt2serve.loadtest.runner import run_load
 from gpt2serve.loadtest.workload import build_requests
 
@@ -27,13 +24,6 @@ SIZES = {
 MODEL_NAME = "gpt2"
 
 
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model: str, port: int, dry_run: bool) -> subprocess.Popen:
     """The server as a user starts it; its output joins this step's log."""
     command = [sys.executable, "-m", "gpt2serve", "--model", model, "--served-model-name",
@@ -42,21 +32,6 @@ def start_server(model: str, port: int, dry_run: bool) -> subprocess.Popen:
     if dry_run:
         command += ["--device", "cpu", "--num-kv-blocks", "512"]
     return subprocess.Popen(command, stdout=sys.stdout, stderr=sys.stderr)
-
-
-def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> float:
-    """Seconds until /health answers 200 (the engine built, the graphs captured)."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with {server.returncode} while starting")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return time.monotonic() - started
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise RuntimeError(f"the server was not healthy after {timeout:.0f} s")
 
 
 def measure(
@@ -101,9 +76,4 @@ def run(ctx: StepContext) -> Iterator[Measurement]:
         for concurrency, num_requests in levels:
             yield measure(url, concurrency, num_requests, input_len, output_len, not ctx.dry_run)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server, grace=30)

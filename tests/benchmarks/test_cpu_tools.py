@@ -91,3 +91,17 @@ def test_make_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
     assert isinstance(
         vs_vllm_cpu.parse_args(["--vllm-python", "p", "--model", "m"]), argparse.Namespace
     )
+
+
+def test_one_server_round_against_a_real_gpt2serve(tmp_path: Path) -> None:
+    """The A/B loop's unit of work: start, warm up, load, stop (gpt2serve's side)."""
+    args = vs_vllm_cpu.parse_args(
+        ["--vllm-python", "unused", "--model", "random:tiny", "--concurrency", "1", "2",
+         "--requests-per-stream", "1", "--input-len", "8", "--output-len", "4"]
+    )  # fmt: skip
+    with (tmp_path / "server.log").open("w") as log:
+        runs = vs_vllm_cpu.one_server("gpt2serve", 1, args, log)
+    assert [(r.server, r.round, r.concurrency) for r in runs] == [
+        ("gpt2serve", 1, 1), ("gpt2serve", 1, 2)
+    ]  # fmt: skip
+    assert all(r.tok_s > 0 and r.failed == 0 for r in runs)
