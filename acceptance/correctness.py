@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt2serve import kernels
-from gpt2serve.acceptance import engine_runs, targets
-from gpt2serve.acceptance.engine_runs import Workload
+from gpt2serve.acceptance import targets
 from gpt2serve.acceptance.plan import StepContext
 from gpt2serve.acceptance.results import Measurement
+from gpt2serve.benchmarks import engine_runs
+from gpt2serve.benchmarks.engine_runs import Workload
 from gpt2serve.model.gpt2 import GPT2LMHeadModel
 from gpt2serve.model.tokenizer import Tokenizer
 from gpt2serve.server.core.messages import RequestOutput

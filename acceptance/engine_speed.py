@@ -13,10 +13,11 @@ from collections.abc import Iterator
 
 import torch
 
-from gpt2serve.acceptance import engine_runs, targets
+from gpt2serve.acceptance import targets
 from gpt2serve.acceptance.plan import StepContext
 from gpt2serve.acceptance.results import Measurement, StepSkipped
 from gpt2serve.benchmarks import engine as bench
+from gpt2serve.benchmarks import engine_runs
 from gpt2serve.model.gpt2 import GPT2LMHeadModel
 from gpt2serve.model.tokenizer import Tokenizer
 

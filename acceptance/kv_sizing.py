@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import torch
 
-from gpt2serve.acceptance import engine_runs
 from gpt2serve.acceptance.plan import StepContext
 from gpt2serve.acceptance.results import Measurement
+from gpt2serve.benchmarks import engine_runs
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.core.sampling_params import SamplingParams
 from gpt2serve.server.engine.builder import build_engine

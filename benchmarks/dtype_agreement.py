@@ -17,7 +17,7 @@ import statistics
 import torch
 
 from gpt2serve import kernels
-from gpt2serve.acceptance.engine_runs import random_prompt, run_to_completion, tokens
+from gpt2serve.benchmarks.engine_runs import random_prompt, run_to_completion, tokens
 from gpt2serve.model.cpu_linear import optimize_for_cpu
 from gpt2serve.model.tokenizer import Tokenizer
 from gpt2serve.model.weights import load_model

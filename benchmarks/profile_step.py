@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from gpt2serve import kernels
-from gpt2serve.acceptance.engine_runs import random_prompt
+from gpt2serve.benchmarks.engine_runs import random_prompt
 from gpt2serve.model.cpu_linear import optimize_for_cpu
 from gpt2serve.model.tokenizer import Tokenizer
 from gpt2serve.model.weights import load_model
@@ -136,8 +136,8 @@ def run_steps(
     try:
         return _timed_steps(engine, args, tag, timer or Timer())
     finally:
-        for request_id in list(engine._children):
-            engine.abort_request(request_id)
+        for i in range(max(args.batch, args.steps)):  # every id _timed_steps may have added
+            engine.abort_request(f"{tag}{i}")
 
 
 def _timed_steps(

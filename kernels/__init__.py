@@ -8,6 +8,7 @@ TRITON_INTERPRET when it decorates, so tests set it before calling the launchers
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 
@@ -36,7 +37,7 @@ def _triton_importable() -> bool:
 
 
 _triton_disabled = False
-_cpu_attention_kernel = False
+_cpu_decode_attention: Callable[..., torch.Tensor] | None = None  # the C++ kernel, when on
 
 
 def disable_triton(disabled: bool = True) -> None:
@@ -50,13 +51,14 @@ def use_cpu_attention_kernel(enabled: bool = True) -> bool:
 
     Returns whether it is in use: False where it cannot be built (the reference serves).
     """
-    global _cpu_attention_kernel
+    global _cpu_decode_attention
+    _cpu_decode_attention = None
     if enabled:
         from gpt2serve.kernels import cpu_attention
 
-        enabled = cpu_attention.load() is not None
-    _cpu_attention_kernel = enabled
-    return enabled
+        if cpu_attention.load() is not None:
+            _cpu_decode_attention = cpu_attention.decode_attention
+    return _cpu_decode_attention is not None
 
 
 def triton_enabled(device: torch.device | str) -> bool:
@@ -100,10 +102,10 @@ def paged_attention(
         from gpt2serve.kernels.attention import paged_attention as triton_attention
 
         return triton_attention(*args, max_query_len, max_seq_len, scale)
-    if _cpu_attention_kernel and query.device.type == "cpu":
-        from gpt2serve.kernels.cpu_attention import decode_attention
-
-        return reference.paged_attention(*args, max_query_len, max_seq_len, scale, decode_attention)
+    if _cpu_decode_attention is not None and query.device.type == "cpu":
+        return reference.paged_attention(
+            *args, max_query_len, max_seq_len, scale, _cpu_decode_attention
+        )
     return reference.paged_attention(*args, max_query_len, max_seq_len, scale)
 
 

@@ -10,6 +10,8 @@ batch-16 step).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,6 +20,7 @@ PACKED_FROM_ROWS = 4  # fp32: below this, BLAS on the transposed layout wins
 _PACK_FOR_ROWS = 16  # the packing's tuning hint; within a few % of the best from 4 to 512 rows
 
 
+@functools.cache
 def packed_linear_available() -> bool:
     """Whether this torch has oneDNN's prepacked dense linear."""
     ops = torch.ops.mkldnn

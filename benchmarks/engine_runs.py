@@ -1,4 +1,4 @@
-"""Driving an `Engine` for the acceptance steps: workloads and runs to completion.
+"""Driving an `Engine` for measurements (benchmarks, acceptance): workloads, runs to completion.
 
 Timings come from `gpt2serve.benchmarks.engine` (`run_engine`, `engine_batch1_ms`).
 """
