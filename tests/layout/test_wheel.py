@@ -54,6 +54,14 @@ def test_every_module_is_in_the_wheel(wheel: Path) -> None:
     assert not [n for n in names if "__pycache__" in n or "/tests/" in n]
 
 
+def test_kernel_sources_are_in_the_wheel(wheel: Path) -> None:
+    """The CPU kernel is compiled on the user's machine from the C++ file shipped beside it."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for source in sorted((REPO / "kernels" / "csrc").glob("*.cpp")):
+        assert f"gpt2serve/kernels/csrc/{source.name}" in names
+    assert "gpt2serve/kernels/csrc/cpu_attention.cpp" in names
+
+
 def test_console_scripts(wheel: Path) -> None:
     archive = zipfile.ZipFile(wheel)
     (entry_points,) = [n for n in archive.namelist() if n.endswith("entry_points.txt")]
@@ -78,6 +86,8 @@ def test_installed_wheel_runs_from_the_repository_root(wheel: Path, tmp_path: Pa
     imports = "import gpt2serve.server.api.app as a, gpt2serve.kernels as k"
     where = run("-c", f"{imports}; print(a.__file__, k.__file__)")
     assert all(path.startswith(str(target)) for path in where.split())
+    source = run("-c", "from gpt2serve.kernels import cpu_attention as c; print(c.SOURCE_PATH)")
+    assert source.startswith(str(target)) and Path(source.strip()).is_file()
     assert "usage: gpt2serve" in run("-m", "gpt2serve", "--help")
     assert "--concurrency" in run("-m", "gpt2serve.loadtest", "--help")
     assert "usage: gpt2serve" in run("--help", program=str(target / "bin" / "gpt2serve"))
