@@ -27,7 +27,19 @@ class ServerSettings(BaseSettings):
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int = Field(2048, ge=16)
     max_model_len: int | None = Field(None, ge=2, description="default: the model's n_positions")
-    max_waiting_requests: int = Field(1024, ge=1)
+    max_waiting_requests: int = Field(
+        1024, ge=1, description="sequences admitted but not running; beyond it: 503 + Retry-After"
+    )
+    max_prompts_per_request: int = Field(256, ge=1, description="prompts in one completions list")
+    max_sequences_per_request: int = Field(
+        256, ge=1, description="prompts x n that one request may add; more is a 400"
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="max_tokens when a request leaves it null (chat: or omits it)"
+    )
+    max_tokens_limit: int | None = Field(
+        None, ge=1, description="the largest max_tokens a request may ask for (default: context)"
+    )
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="disable CUDA graphs")
     cpu_attention_kernel: bool = Field(
@@ -39,7 +51,10 @@ class ServerSettings(BaseSettings):
     cpu_threads: int | None = Field(
         None, ge=1, description="torch threads on CPU; default: every core this process may use"
     )
-    api_key: str | None = None
+    api_key: str | None = Field(None, description="require `Authorization: Bearer <key>`")
+    open_docs: bool = Field(
+        True, description="with --api-key, keep /docs, /redoc and /openapi.json open (no data)"
+    )
     chat_template: str | None = Field(None, description="Jinja2 chat template file")
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     shutdown_timeout: float = Field(30.0, ge=0)

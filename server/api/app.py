@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from gpt2serve.server.api.auth import ALWAYS_OPEN_PATHS, DOCS_PATHS, ApiKeyMiddleware
 from gpt2serve.server.api.body_size import BodySizeLimitMiddleware
 from gpt2serve.server.api.chat_template import ChatTemplate
 from gpt2serve.server.api.engine_stats import EngineStatsReporter
@@ -22,7 +22,7 @@ from gpt2serve.server.api.protocol import (
     DetokenizeRequest,
     TokenizeRequest,
 )
-from gpt2serve.server.api.serving import ServingContext, now
+from gpt2serve.server.api.serving import ServingContext, ServingLimits, now
 from gpt2serve.server.api.serving_chat import create_chat_completion, render_chat_prompt
 from gpt2serve.server.api.serving_completions import create_completion
 from gpt2serve.server.config import ServerSettings
@@ -61,6 +61,10 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 
     app = FastAPI(title="gpt2serve", version=package_version(), lifespan=lifespan)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    if settings.api_key:  # added last: it runs first, before any body is read
+        open_paths = ALWAYS_OPEN_PATHS | (DOCS_PATHS if settings.open_docs else frozenset())
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, open_paths=open_paths,
+                           on_reject=lambda status: _count_error(app, status))  # fmt: skip
     install_error_handlers(app, on_error=lambda status: _count_error(app, status))
     _add_openai_routes(app, settings)
     _add_service_routes(app, settings)
@@ -81,7 +85,13 @@ def _attach_context(app: FastAPI, settings: ServerSettings, engine: Engine) -> N
         request_limits=engine.request_limits,
         metrics=metrics,
         chat_template=template,
-        max_waiting_requests=settings.max_waiting_requests,
+        limits=ServingLimits(
+            max_waiting_requests=settings.max_waiting_requests,
+            max_prompts_per_request=settings.max_prompts_per_request,
+            max_sequences_per_request=settings.max_sequences_per_request,
+            default_max_tokens=settings.default_max_tokens,
+            max_tokens_limit=settings.max_tokens_limit,
+        ),
     )
 
 
@@ -95,32 +105,18 @@ def _context(request: Request) -> ServingContext:
     return request.app.state.ctx
 
 
-def _auth(settings: ServerSettings) -> Callable[[Request], Awaitable[None]]:
-    expected = f"Bearer {settings.api_key}".encode() if settings.api_key else None
-
-    async def check(request: Request) -> None:
-        if expected is None:
-            return
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise APIError(401, "invalid or missing API key", code="invalid_api_key")
-
-    return check
-
-
 def _add_openai_routes(app: FastAPI, settings: ServerSettings) -> None:
     """The OpenAI API: completions, chat, models."""
-    auth = [Depends(_auth(settings))]
 
-    @app.post("/v1/completions", dependencies=auth)
+    @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(_context(request), body, request)
 
-    @app.post("/v1/chat/completions", dependencies=auth)
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await create_chat_completion(_context(request), body, request)
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def models(request: Request) -> dict:
         ctx = _context(request)
         card = {
@@ -136,7 +132,6 @@ def _add_openai_routes(app: FastAPI, settings: ServerSettings) -> None:
 
 def _add_service_routes(app: FastAPI, settings: ServerSettings) -> None:
     """Health, metrics, version (open to all), tokenize and detokenize (behind the key)."""
-    auth = [Depends(_auth(settings))]
 
     @app.get("/health")
     async def health(request: Request) -> Response:
@@ -155,7 +150,7 @@ def _add_service_routes(app: FastAPI, settings: ServerSettings) -> None:
     async def get_version() -> dict:
         return {"version": package_version()}
 
-    @app.post("/tokenize", dependencies=auth)
+    @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest, request: Request) -> dict:
         ctx = _context(request)
         ctx.check_model(body.model)
@@ -167,7 +162,7 @@ def _add_service_routes(app: FastAPI, settings: ServerSettings) -> None:
             tokens = render_chat_prompt(ctx, body.messages, body.add_generation_prompt)
         return {"tokens": tokens, "count": len(tokens), "max_model_len": ctx.max_model_len}
 
-    @app.post("/detokenize", dependencies=auth)
+    @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest, request: Request) -> dict:
         ctx = _context(request)
         ctx.check_model(body.model)

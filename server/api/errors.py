@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -85,7 +86,20 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     message = first.get("msg", "invalid value")
+    value = first.get("input")
+    if isinstance(value, float) and not math.isfinite(value):
+        # pydantic reports NaN against the bound it failed ("less than or equal to 2").
+        message = f"must be a finite number, got {value}"
     return (f"{param}: {message}" if param else message), param
+
+
+def _body_parse_message(cause: BaseException | None) -> str:
+    """Why FastAPI could not parse a body, from the exception it chained."""
+    if isinstance(cause, RecursionError):
+        return "request body could not be parsed: its JSON is nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "request body could not be parsed: it must be UTF-8 encoded JSON"
+    return "request body could not be parsed as JSON"
 
 
 def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
@@ -110,8 +124,8 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         note(exc.status_code)
         message = str(exc.detail)
-        if message == _FASTAPI_BODY_ERROR:  # e.g. bytes that are not UTF-8
-            message = "request body could not be parsed: it must be UTF-8 encoded JSON"
+        if message == _FASTAPI_BODY_ERROR:
+            message = _body_parse_message(exc.__cause__)
         return JSONResponse(
             error_body(exc.status_code, message),
             status_code=exc.status_code,

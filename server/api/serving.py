@@ -17,6 +17,17 @@ from gpt2serve.server.core.sampling_params import SamplingParamsError
 from gpt2serve.server.engine.async_engine import AsyncEngine
 
 
+@dataclass(frozen=True)
+class ServingLimits:
+    """What one HTTP request may ask for, and how much the server queues (all `--flags`)."""
+
+    max_waiting_requests: int = 1024
+    max_prompts_per_request: int = 256
+    max_sequences_per_request: int = 256
+    default_max_tokens: int = 256
+    max_tokens_limit: int | None = None
+
+
 @dataclass
 class ServingContext:
     """Everything a handler needs, built once at startup."""
@@ -27,7 +38,7 @@ class ServingContext:
     request_limits: RequestLimits
     metrics: Metrics
     chat_template: ChatTemplate
-    max_waiting_requests: int = 1024
+    limits: ServingLimits = field(default_factory=lambda: ServingLimits())
     draining: bool = False
     # Engine sequences (one per prompt per choice) admitted by the API and not yet released;
     # counted at admission, before the engine or a stream generator has seen the request.
@@ -47,13 +58,17 @@ class ServingContext:
         return max(0, self.num_open_sequences - self.engine.engine.scheduler.num_running)
 
     def admit(self, num_sequences: int) -> Admission:
-        """Reserve room for a request, or 503 (with Retry-After) when there is none."""
+        """Reserve room for a request's sequences, or 503 (with Retry-After) when there is none.
+
+        The request's own sequences count: a request may not bring the queue past the limit.
+        """
+        self.check_num_sequences(num_sequences)
         if self.draining:
             raise APIError(503, "the server is shutting down", headers={"Retry-After": "5"})
         if not self.engine.is_alive:
             raise APIError(503, "the engine is not running", code="engine_dead")
         num_waiting = self.num_waiting_sequences
-        if num_waiting >= self.max_waiting_requests:
+        if num_waiting + num_sequences > self.limits.max_waiting_requests:
             raise APIError(
                 503,
                 f"the server is overloaded ({num_waiting} requests waiting); retry later",
@@ -61,6 +76,27 @@ class ServingContext:
             )
         self.num_open_sequences += num_sequences
         return Admission(self, num_sequences)
+
+    def check_num_sequences(self, num_sequences: int, param: str = "n") -> None:
+        """400 for a request that adds more sequences (prompts x n) than one may."""
+        limit = min(self.limits.max_sequences_per_request, self.limits.max_waiting_requests)
+        if num_sequences > limit:
+            raise APIError(
+                400,
+                f"this request adds {num_sequences} sequences (prompts x n); "
+                f"this server accepts at most {limit} per request",
+                param,
+            )
+
+    def check_num_prompts(self, num_prompts: int) -> None:
+        """400 for a prompt list longer than one request may carry (checked before tokenizing)."""
+        if num_prompts > self.limits.max_prompts_per_request:
+            raise APIError(
+                400,
+                f"prompt holds {num_prompts} prompts; this server accepts at most "
+                f"{self.limits.max_prompts_per_request} per request",
+                "prompt",
+            )
 
     def count_error(self, status: int) -> None:
         """Count one error answer (or error chunk) in `request_errors_total{code}`."""
@@ -81,8 +117,15 @@ class ServingContext:
     ) -> list[CheckedRequest]:
         """One engine request per prompt, every one checked before any runs (400 if not)."""
         if max_tokens is None:
-            # All the room the longest prompt leaves; if none, the check names the numbers.
-            max_tokens = self.request_limits.default_max_tokens(max(len(p) for p in prompts))
+            # The server's default, or less: the room the longest prompt leaves (if none, the
+            # check below names the numbers).
+            room = self.request_limits.default_max_tokens(max(len(p) for p in prompts))
+            max_tokens = min(self.limits.default_max_tokens, room)
+        limit = self.limits.max_tokens_limit
+        if limit is not None and max_tokens > limit:
+            raise APIError(
+                400, f"max_tokens is {max_tokens}; this server allows at most {limit}", "max_tokens"
+            )
         try:
             params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
             return [self.request_limits.check(prompt, params) for prompt in prompts]

@@ -40,6 +40,11 @@ def prompt_token_lists(ctx: ServingContext, prompt: Any) -> list[list[int]]:
     raise APIError(400, "prompt must be a string, a list of strings, or token ids", "prompt")
 
 
+def _is_prompt_list(prompt: Any) -> bool:
+    """A list of prompts (strings or token lists), not one prompt of token ids."""
+    return isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+
+
 def _check_unsupported(body: CompletionRequest) -> None:
     if body.suffix is not None:
         raise APIError(400, "suffix is not supported by this server", "suffix")
@@ -65,6 +70,10 @@ async def create_completion(
     """Serve one completions request."""
     ctx.check_model(body.model)
     _check_unsupported(body)
+    # Counted before any tokenizing: a list of 16,384 prompts is refused, not encoded first.
+    num_prompts = len(body.prompt) if _is_prompt_list(body.prompt) else 1
+    ctx.check_num_prompts(num_prompts)
+    ctx.check_num_sequences(num_prompts * body.n)
     prompts = prompt_token_lists(ctx, body.prompt)
     requests = ctx.check_requests(
         body, prompts, body.max_tokens, body.logprobs, engine_prompt_logprobs(body)

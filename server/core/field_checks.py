@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 
@@ -102,6 +103,15 @@ def check_token_id_list(param: str, value: object, max_count: int) -> None:
     )
 
 
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,18}")
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """`repr` cut to `limit` characters: error messages must not echo a megabyte back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def normalized_logit_bias(value: object, max_entries: int, bias_bound: Bound) -> dict[int, float]:
     """Check a token id -> bias mapping; returns it with int keys and float biases."""
     check(
@@ -118,11 +128,13 @@ def normalized_logit_bias(value: object, max_entries: int, bias_bound: Bound) ->
     normalized: dict[int, float] = {}
     for key, bias in value.items():
         # JSON object keys arrive as strings ("50256"); the sampler indexes by int.
-        is_digits = isinstance(key, str) and key.lstrip("-").isdigit()
+        # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses, and a
+        # bounded length keeps int() away from its 4,300-digit limit.
+        is_digits = isinstance(key, str) and _TOKEN_ID_KEY.fullmatch(key) is not None
         check(
             is_digits or is_int(key),
             "logit_bias",
-            f"logit_bias keys must be token ids, got {key!r}",
+            f"logit_bias keys must be token ids, got {_short(key)}",
         )
         token_id = int(key)
         check(token_id >= 0, "logit_bias", "logit_bias keys must be token ids >= 0")

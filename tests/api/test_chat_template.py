@@ -56,3 +56,42 @@ def test_non_text_parts_are_rejected() -> None:
     message = ChatMessage(role="user", content=[{"type": "image_url", "image_url": {"url": "x"}}])
     with pytest.raises(ValueError, match="only text"):
         ChatTemplate().render([message])
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("{% for i in range(100001) %}x{% endfor %}", "range items"),  # OverflowError before
+        (
+            "{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}",
+            "range items",
+        ),
+        ("{{ 'ab' * 10**8 }}", "size limit"),
+        (
+            "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+            "{% endfor %}{{ ns.s }}",
+            "size limit",
+        ),
+        ("{{ 7 ** 100000 }}", "exponent"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    ],
+)
+def test_render_limits_fail_as_template_errors(source: str, fragment: str) -> None:
+    """A template's runaway work or crash is its own clear error, never a 500 or a hang."""
+    with pytest.raises(ChatTemplateError, match=fragment):
+        ChatTemplate(source).render(MESSAGES)
+
+
+@pytest.mark.parametrize(
+    "source", ["{% include 'other.jinja' %}", "{% import 'm.jinja' as m %}", "{% extends 'b' %}"]
+)
+def test_templates_that_load_files_are_refused_up_front(source: str) -> None:
+    """No loader exists (TypeError at render before): refuse at load, naming the tag."""
+    with pytest.raises(ChatTemplateError, match="is not supported"):
+        ChatTemplate(source)
+
+
+def test_loops_within_the_budget_still_render() -> None:
+    text = ChatTemplate("{% for i in range(3) %}{{ i }}{% endfor %}{{ 'ab' * 2 }}").render(MESSAGES)
+    assert text == "012abab"

@@ -27,12 +27,20 @@ ESCAPES = {
     "globals": "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
     "mutate": "{{ messages.append(messages[0]) }}",
 }
+# Runaway or crashing templates (500s before: OverflowError, ZeroDivisionError).
+RUNAWAY = {
+    "range": "{% for i in range(100001) %}{% endfor %}",
+    "divide": "{{ 1 / 0 }}",
+    "repeat": "{{ 'x' * 10**9 }}",
+}
 # The sandbox's formatter renders an unsafe field as empty rather than raising.
 FORMAT_ESCAPE = "{{ 'A{0.__class__}B'.format(messages) }}"
 ESCAPING = (
     "".join(
         f"{'{% if' if i == 0 else '{% elif'} messages[0].content == '{name}' %}}{body}"
-        for i, (name, body) in enumerate([*ESCAPES.items(), ("format", FORMAT_ESCAPE)])
+        for i, (name, body) in enumerate(
+            [*ESCAPES.items(), *RUNAWAY.items(), ("format", FORMAT_ESCAPE)]
+        )
     )
     + "{% else %}{{ messages[0].content }}{% endif %}"
 )
@@ -97,3 +105,13 @@ def test_sandboxed_format_leaks_nothing(escaping_url, tokenizer) -> None:
     body = {"messages": [{"role": "user", "content": "format"}]}
     tokens = httpx.post(f"{escaping_url}/tokenize", json=body, timeout=30).json()["tokens"]
     assert tokenizer.decode(tokens) == "AB"
+
+
+@pytest.mark.parametrize("attempt", sorted(RUNAWAY))
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/tokenize"])
+def test_runaway_template_is_a_400_on_chat_and_tokenize(escaping_url, attempt, route) -> None:
+    body = {"messages": [{"role": "user", "content": attempt}]}
+    response = httpx.post(f"{escaping_url}{route}", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages" and "chat template" in error["message"]

@@ -42,6 +42,11 @@ def assert_error(
         ({"prompt": "x", "n": 100}, "n", "n"),
         ({"prompt": "x", "logprobs": 21}, "logprobs", "logprobs"),
         ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", None),
+        # str.isdigit() accepted these and int() then raised: 500s before.
+        ({"prompt": "x", "logit_bias": {"²": 1}}, "logit_bias keys must be token ids", None),
+        ({"prompt": "x", "logit_bias": {"¹²": 1}}, "logit_bias keys must be token ids", None),
+        ({"prompt": "x", "logit_bias": {"--5": 1}}, "logit_bias keys must be token ids", None),
+        ({"prompt": "x", "logit_bias": {"9" * 5000: 1}}, "logit_bias keys must be token ids", None),
         ({"prompt": "x", "logit_bias": {"5": 1000}}, "logit_bias", "logit_bias"),
         ({"prompt": "x", "min_tokens": 50, "max_tokens": 5}, "min_tokens", "min_tokens"),
         ({"prompt": "x", "stop": ["s"] * 100}, "stop", "stop"),
@@ -152,6 +157,61 @@ def test_api_key_required_when_set(tiny_model, tokenizer) -> None:
         )
         assert httpx.get(f"{url}/health").status_code == 200
         assert httpx.get(f"{url}/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])
+def test_bearer_scheme_is_case_insensitive(tiny_model, tokenizer, scheme: str) -> None:
+    """RFC 7235: the auth scheme is case-insensitive (lowercase `bearer` was a 401)."""
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
+    with running_server(engine, api_key="sekret") as (url, _):
+        headers = {"authorization": f"{scheme}  sekret"}
+        response = httpx.post(f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1},
+                              headers=headers, timeout=30)  # fmt: skip
+        assert response.status_code == 200, response.text
+
+
+def test_auth_is_checked_before_the_body(tiny_model, tokenizer) -> None:
+    """Without the key, a malformed, invalid or oversized body is a 401, never a 400/413."""
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
+    with running_server(engine, api_key="sekret", max_request_bytes=2048) as (url, _):
+        for content in (b"{not json", b'{"prompt": "x", "temperature": 9}', b"x" * 10_000):
+            response = httpx.post(f"{url}/v1/completions", content=content,
+                                  headers={"content-type": "application/json"})  # fmt: skip
+            error = assert_error(response, 401, "API key")
+            assert error["code"] == "invalid_api_key"
+            assert response.headers["www-authenticate"] == "Bearer"
+        for path in ("/tokenize", "/detokenize", "/v1/chat/completions"):
+            assert httpx.post(f"{url}{path}", content=b"{").status_code == 401
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "sekret"}).status_code == 401
+        # With the key, the same malformed body is the 400 it always was.
+        right = {"authorization": "Bearer sekret", "content-type": "application/json"}
+        assert httpx.post(f"{url}/v1/completions", content=b"{", headers=right).status_code == 400
+
+
+@pytest.mark.parametrize("open_docs", [True, False])
+def test_docs_under_an_api_key_are_a_documented_choice(tiny_model, tokenizer, open_docs) -> None:
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
+    with running_server(engine, api_key="sekret", open_docs=open_docs) as (url, _):
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            status = httpx.get(f"{url}{path}").status_code
+            assert status == (200 if open_docs else 401), path
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b'{"prompt": "x", "temperature": NaN}', "finite number"),
+        (b'{"prompt": "x", "top_p": Infinity}', "finite number"),
+        (b"[" * 4000 + b"]" * 4000, "nested too deeply"),  # "must be UTF-8" before
+        (b'{"prompt": "x' + bytes([0xFF]) + b'"}', "UTF-8"),
+    ],
+)
+def test_messages_say_what_is_wrong(base_url, content: bytes, fragment: str) -> None:
+    response = post(base_url, "/v1/completions", content=content,
+                    headers={"content-type": "application/json"})  # fmt: skip
+    assert_error(response, 400, fragment)
 
 
 def test_internal_error_is_500_without_traceback(tiny_model, tokenizer) -> None:
