@@ -1,4 +1,4 @@
-# syntax=docker/dockerfile:1
+# syntax=docker.io/docker/dockerfile:1
 # gpt2serve for a GPU node:  docker run --gpus all -p 8000:8000 IMAGE --model gpt2
 #
 # CUDA: the torch wheel pinned below (PyPI's default Linux build) brings its own CUDA user-space
@@ -8,15 +8,19 @@
 # its NVIDIA_REQUIRE_CUDA makes the NVIDIA container runtime refuse a host driver too old for that
 # CUDA version, so keep its major equal to the wheel's. torch 2.13.0 on PyPI is built against
 # CUDA 13.0 (host driver >= 580). Change the two together, e.g. for a CUDA 12 driver:
-#   --build-arg CUDA_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04 \
+#   --build-arg CUDA_IMAGE=docker.io/nvidia/cuda:12.8.1-base-ubuntu24.04 \
 #   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (plus a TORCH_VERSION
 #   that index carries).
-ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
+# Images are named with their registry: a short name resolves through the builder's own search
+# list (podman/buildah's registries.conf may ask, or pick another registry first).
+ARG CUDA_IMAGE=docker.io/nvidia/cuda:13.0.2-base-ubuntu24.04
 
 FROM ${CUDA_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
-ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# ARG, not ENV: apt-get needs it while building; containers should not inherit it.
+ARG DEBIAN_FRONTEND=noninteractive
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # DL3008: the CUDA base image pins the distribution; its python3/gcc are what torch supports.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -25,10 +29,14 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# torch first, from the index whose CUDA build matches CUDA_IMAGE; `pip install .` keeps it
-# (TORCH_VERSION satisfies pyproject's torch requirement; torch pins its matching Triton).
+# torch first, from the index whose CUDA build matches CUDA_IMAGE (TORCH_VERSION satisfies
+# pyproject's torch requirement; torch pins its matching Triton).
 RUN pip install --upgrade pip==25.1.1 \
     && pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# Then every other dependency, exactly as locked and hash-checked (see requirements.lock's header),
+# in a layer of its own: a change to the source reuses it instead of reinstalling them all.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 # The folders pyproject.toml maps into the one `gpt2serve` package (tests/deploy checks the list).
 COPY pyproject.toml README.md ./
 COPY src ./src
@@ -38,7 +46,10 @@ COPY kernels ./kernels
 COPY loadtest ./loadtest
 COPY benchmarks ./benchmarks
 COPY acceptance ./acceptance
-RUN pip install .
+# --no-deps: nothing outside the locked set and torch gets installed (only setuptools is fetched,
+# to build the wheel); `pip check` fails the build if what is installed does not satisfy
+# pyproject.toml (a lock gone stale, the Triton torch brought out of range).
+RUN pip install --no-deps . && pip check
 # Fetch tiktoken's GPT-2 file at build time so the image starts without network access.
 # DL3064: "TOKEN" here is tiktoken's cache path, not a secret.
 # hadolint ignore=DL3064
@@ -46,7 +57,8 @@ ENV TIKTOKEN_CACHE_DIR=/opt/tiktoken
 RUN python -c "import tiktoken; tiktoken.get_encoding('r50k_base')"
 
 FROM ${CUDA_IMAGE}
-ENV DEBIAN_FRONTEND=noninteractive
+# ARG, not ENV, as above: an ENV here would stay in the image's environment for every container.
+ARG DEBIAN_FRONTEND=noninteractive
 # Triton compiles a small C launcher per kernel signature at first use (then caches it under
 # TRITON_CACHE_DIR), so a C compiler, libc headers and Python.h are needed at run time too; on
 # `--device cpu` the C++ attention kernel is built once into TORCH_EXTENSIONS_DIR (g++).
