@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,9 @@ from pydantic import ValidationError
 from gpt2serve.server.config import ServerSettings
 
 logger = logging.getLogger("gpt2serve")
+
+# After a second shutdown signal, the process exits within this many seconds whatever happens.
+FORCED_EXIT_GRACE_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,13 +72,43 @@ class DrainingServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: Any) -> None:
         """First signal drains; a second one exits at once."""
         ctx = getattr(self.app.state, "ctx", None)
-        if self._drain_task is not None or ctx is None:
+        if ctx is None:
             super().handle_exit(sig, frame)
+            return
+        if self._drain_task is not None:
+            self._force_exit(ctx, sig, frame)
             return
         ctx.draining = True
         logger.info("shutdown requested: draining for up to %.0fs", self.shutdown_timeout)
         loop = asyncio.get_event_loop()
         self._drain_task = loop.create_task(self._drain(ctx, sig, frame))
+
+    def _force_exit(self, ctx: Any, sig: int, frame: Any) -> None:
+        """Abort everything and stop now, without waiting for connections or the drain.
+
+        uvicorn's own `handle_exit` alone is not enough: on SIGTERM it only sets `should_exit`,
+        and its shutdown then waits for every open connection to close, so a streaming request
+        keeps the process alive until it finishes (or the drain deadline aborts it). Here
+        `force_exit` skips that wait, and uvicorn re-raises the signal once the loop is done,
+        so the process ends the conventional way for that signal (status -15 for SIGTERM).
+        """
+        logger.warning(
+            "second shutdown signal: aborting %d requests and exiting now",
+            ctx.engine.num_open_streams,
+        )
+        if self._drain_task is not None and not self._drain_task.done():
+            self._drain_task.cancel()
+        # On the loop, not here: the handler may have interrupted the main thread inside the
+        # engine's stream lock, which abort_all takes.
+        asyncio.get_event_loop().call_soon_threadsafe(ctx.engine.abort_all)
+        super().handle_exit(sig, frame)  # records the signal to re-raise; sets should_exit
+        self.should_exit = True
+        self.force_exit = True
+        # Last resort, should teardown itself hang (a stuck step, a client that never reads):
+        # leave with the shell's status for death by this signal.
+        watchdog = threading.Timer(FORCED_EXIT_GRACE_S, os._exit, args=(128 + sig,))
+        watchdog.daemon = True
+        watchdog.start()
 
     async def _drain(self, ctx: Any, sig: int, frame: Any) -> None:
         deadline = time.monotonic() + self.shutdown_timeout
@@ -103,11 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     # cores against one dedicated core). A user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from gpt2serve.server.api.app import create_app
+    from gpt2serve.server.api.http_limits import uvicorn_http_options
 
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
-    )
+        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        access_log=False, **uvicorn_http_options(settings),
+    )  # fmt: skip
     DrainingServer(config, app, settings.shutdown_timeout).run()
 
 

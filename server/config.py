@@ -57,6 +57,16 @@ class ServerSettings(BaseSettings):
     )
     chat_template: str | None = Field(None, description="Jinja2 chat template file")
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="request line + headers; beyond it: 431"
+    )
+    max_headers: int = Field(100, ge=1, description="headers per request; beyond it: 431")
+    header_timeout: float = Field(
+        10.0, gt=0, description="seconds for a request's headers to arrive; then 408"
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds for a request's body to arrive; then 408 / hang up"
+    )
     shutdown_timeout: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from array import array
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 
 from gpt2serve.server.core.request import Request
 
 NULL_BLOCK = 0
+
+# Mixed into every chain of block keys, so that no one can predict them from outside the process.
+_PROCESS_HASH_SEED = os.urandom(16)
+
+
+def hash_block(parent: bytes, token_ids: Sequence[int]) -> bytes:
+    """Prefix-cache key of one full block: SHA-256 over its parent's key and its token ids.
+
+    Collision-resistant, unlike the builtin `hash` of a tuple of ints, which is deterministic and
+    64 bits wide: prompts can be crafted whose blocks share a key (vLLM's CVE-2025-25183). The
+    parent key has a fixed width and the ids are packed as int64, so the input is unambiguous.
+    """
+    return hashlib.sha256(parent + array("q", token_ids).tobytes()).digest()
 
 
 class BlockManager:
@@ -18,8 +35,13 @@ class BlockManager:
     """
 
     def __init__(
-        self, num_blocks: int, block_size: int = 16, enable_prefix_caching: bool = True
+        self,
+        num_blocks: int,
+        block_size: int = 16,
+        enable_prefix_caching: bool = True,
+        hash_seed: bytes | None = None,
     ) -> None:
+        """`hash_seed` (default: random per process) is mixed into every block key."""
         if num_blocks < 2:
             raise ValueError(f"num_blocks must be >= 2 (block 0 is reserved), got {num_blocks}")
         if block_size < 1:
@@ -30,9 +52,14 @@ class BlockManager:
         self.ref_counts = [0] * num_blocks
         self._free: deque[int] = deque(range(NULL_BLOCK + 1, num_blocks))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # ref 0, hashed; oldest first
-        self._hash_to_block: dict[int, int] = {}
-        self._block_hash: dict[int, int] = {}
-        self._request_hashes: dict[str, list[int]] = {}
+        seed = _PROCESS_HASH_SEED if hash_seed is None else hash_seed
+        self._root_hash = hashlib.sha256(b"gpt2serve prefix cache root" + seed).digest()
+        self._hash_to_block: dict[bytes, int] = {}
+        self._block_hash: dict[int, bytes] = {}
+        # What each cached block's key was computed from, checked on every hit: a hit whose
+        # parent key or token ids differ (a key collision) is a miss.
+        self._block_key_input: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+        self._request_hashes: dict[str, list[bytes]] = {}
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -51,13 +78,13 @@ class BlockManager:
         """Fraction of usable blocks held by some request."""
         return 1.0 - self.num_free_blocks / self.num_usable_blocks
 
-    def _chain_hashes(self, token_ids: list[int], start: list[int], num_full: int) -> list[int]:
+    def _chain_hashes(self, token_ids: list[int], start: list[bytes], num_full: int) -> list[bytes]:
         """Hashes of the first `num_full` full blocks, extending an existing chain."""
         hashes = list(start[:num_full])
         bs = self.block_size
         for i in range(len(hashes), num_full):
-            parent = hashes[-1] if hashes else None
-            hashes.append(hash((parent, tuple(token_ids[i * bs : (i + 1) * bs]))))
+            parent = hashes[-1] if hashes else self._root_hash
+            hashes.append(hash_block(parent, token_ids[i * bs : (i + 1) * bs]))
         return hashes
 
     def get_computed_blocks(self, token_ids: list[int]) -> list[int]:
@@ -66,12 +93,13 @@ class BlockManager:
             return []
         max_blocks = (len(token_ids) - 1) // self.block_size
         blocks: list[int] = []
-        parent = None
+        parent = self._root_hash
         bs = self.block_size
         for i in range(max_blocks):
-            key = hash((parent, tuple(token_ids[i * bs : (i + 1) * bs])))
+            tokens = tuple(token_ids[i * bs : (i + 1) * bs])
+            key = hash_block(parent, tokens)
             block = self._hash_to_block.get(key)
-            if block is None:
+            if block is None or self._block_key_input[block] != (parent, tokens):
                 break
             blocks.append(block)
             parent = key
@@ -129,7 +157,7 @@ class BlockManager:
         for index in range(len(request.block_ids) - 1, -1, -1):
             block = request.block_ids[index]
             if index >= num_written_blocks and block in self._block_hash:
-                del self._hash_to_block[self._block_hash.pop(block)]
+                self._unhash(block)
             self.ref_counts[block] -= 1
             if self.ref_counts[block] == 0:
                 if block in self._block_hash:
@@ -149,9 +177,13 @@ class BlockManager:
             block = self._free.popleft()
         else:
             block, _ = self._evictable.popitem(last=False)
-            del self._hash_to_block[self._block_hash.pop(block)]
+            self._unhash(block)
         self.ref_counts[block] = 1
         return block
+
+    def _unhash(self, block: int) -> None:
+        del self._hash_to_block[self._block_hash.pop(block)]
+        del self._block_key_input[block]
 
     def _register_full_blocks(self, request: Request, num_tokens: int) -> None:
         """Hash blocks that are full once this step runs; reusing them within the same step is safe.
@@ -166,9 +198,13 @@ class BlockManager:
         if num_full <= len(known):
             return
         hashes = self._chain_hashes(request.all_token_ids, known, num_full)
+        bs = self.block_size
         for i in range(len(known), num_full):
             block = request.block_ids[i]
             if hashes[i] not in self._hash_to_block and block not in self._block_hash:
                 self._hash_to_block[hashes[i]] = block
                 self._block_hash[block] = hashes[i]
+                parent = hashes[i - 1] if i else self._root_hash
+                tokens = tuple(request.all_token_ids[i * bs : (i + 1) * bs])
+                self._block_key_input[block] = (parent, tokens)
         self._request_hashes[request.request_id] = hashes

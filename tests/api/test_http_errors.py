@@ -8,6 +8,8 @@ import pytest
 from gpt2serve.server.engine.engine import Engine, EngineConfig
 from support.http_server import running_server
 
+pytestmark = pytest.mark.reliability  # the bad-input / limits part of the suite
+
 
 @pytest.fixture(scope="module")
 def base_url(tiny_model, tokenizer):

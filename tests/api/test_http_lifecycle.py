@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -182,14 +184,12 @@ def test_engine_death_answers_a_non_streamed_request_with_5xx(tiny_model, tokeni
         assert app.state.ctx.num_open_sequences == 0
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-def test_sigterm_drains_in_flight_then_exits_zero(tmp_path) -> None:
+@contextlib.contextmanager
+def server_process(*flags: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Yield (base_url, process) of `python -m gpt2serve` once healthy; kill it afterwards."""
     port = free_port()
     env = {**os.environ, "GPT2SERVE_LOG_LEVEL": "warning"}
-    command = [
-        sys.executable, "-m", "gpt2serve", "--model", "random:gpt2", "--port", str(port),
-        "--num-kv-blocks", "64", "--shutdown-timeout", "2",
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "gpt2serve", "--port", str(port), *flags]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -202,6 +202,18 @@ def test_sigterm_drains_in_flight_then_exits_zero(tmp_path) -> None:
                 pass
             assert time.monotonic() < deadline and process.poll() is None, "server did not start"
             time.sleep(0.2)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.reliability
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigterm_drains_in_flight_then_exits_zero(tmp_path) -> None:
+    flags = ("--model", "random:gpt2", "--num-kv-blocks", "64", "--shutdown-timeout", "2")
+    with server_process(*flags) as (url, process):
         short = {"prompt": "short", "max_tokens": 5, "stream": True, "ignore_eos": True}
         endless = {"prompt": "endless", "max_tokens": 1000, "stream": True, "ignore_eos": True}
         with (
@@ -221,7 +233,37 @@ def test_sigterm_drains_in_flight_then_exits_zero(tmp_path) -> None:
         assert json.loads(first_data[-2])["choices"][0]["finish_reason"] == "length"
         assert json.loads(second_data[-2])["choices"][0]["finish_reason"] == "abort"
         assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+
+
+@pytest.mark.reliability
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_second_signal_during_drain_aborts_and_exits_at_once(second: signal.Signals) -> None:
+    # A drain long enough that only the second signal can end this test in time: 1000 tokens
+    # of gpt2 on a CPU take far longer than the few seconds allowed below.
+    flags = ("--model", "random:gpt2", "--device", "cpu", "--num-kv-blocks", "128",
+             "--shutdown-timeout", "120")  # fmt: skip
+    with server_process(*flags) as (url, process):
+        endless = {"prompt": "endless", "max_tokens": 1000, "stream": True, "ignore_eos": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=endless, timeout=60) as stream:
+            lines = stream.iter_lines()
+            next(lines)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert process.poll() is None, "the first signal must drain, not exit"
+            refused = httpx.post(f"{url}/v1/completions", json={"prompt": "late"}, timeout=10)
+            assert refused.status_code == 503
+            process.send_signal(second)
+            sent = time.monotonic()
+            try:
+                status = process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pytest.fail("a second signal during the drain did not exit the process")
+            took = time.monotonic() - sent
+            data = [x[6:] for x in lines if x.startswith("data: ")]
+        assert took < 3, f"exited {took:.1f}s after the second signal"
+        # Death by that signal (uvicorn re-raises it), or the watchdog's 128 + signal.
+        assert status in (-second, 128 + second), status
+        # The in-flight request was aborted, and its client told so.
+        assert data[-1] == "[DONE]"
+        assert json.loads(data[-2])["choices"][0]["finish_reason"] == "abort"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from gpt2serve.server.api.app import create_app
+from gpt2serve.server.api.http_limits import uvicorn_http_options
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.engine.engine import Engine
 
@@ -27,7 +28,10 @@ def running_server(engine: Engine, **settings) -> Iterator[tuple[str, object]]:
     port = free_port()
     config = ServerSettings(model="random:tiny", served_model_name="tiny", port=port, **settings)
     app = create_app(config, engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = uvicorn_http_options(config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
