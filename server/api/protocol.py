@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gpt2serve.server.api.errors import APIError
 from gpt2serve.server.core import sampling_params as bounds
 from gpt2serve.server.core.field_checks import Bound
-from gpt2serve.server.core.sampling_params import SamplingParams
+from gpt2serve.server.core.sampling_params import SamplingParams, SamplingParamsError
 
 NonNegInt = Annotated[int, Field(ge=0)]
 StopTokenIds = Annotated[list[NonNegInt], Field(max_length=bounds.MAX_STOP_TOKEN_IDS)]
@@ -59,6 +60,20 @@ class SamplingFields(OpenAIModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+
+    @model_validator(mode="after")
+    def _check_rules_that_need_code(self) -> SamplingFields:
+        """Stop strings, logit_bias entries, seed + n: checked while the body is validated.
+
+        The rules live in `SamplingParams` (one place); running them here makes them part of
+        body validation, before a prompt is tokenized or anything else runs. `APIError` is not
+        a ValueError, so pydantic lets it through to the handler, which keeps its `param`.
+        """
+        try:
+            self.sampling_params(max_tokens=max(self.min_tokens, 1), logprobs=None)
+        except SamplingParamsError as exc:
+            raise APIError(400, str(exc), exc.param) from exc
+        return self
 
     def sampling_params(
         self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None

@@ -43,12 +43,12 @@ def assert_error(
         ({"prompt": "x", "max_tokens": 0}, "max_tokens", "max_tokens"),
         ({"prompt": "x", "n": 100}, "n", "n"),
         ({"prompt": "x", "logprobs": 21}, "logprobs", "logprobs"),
-        ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", None),
+        ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", "logit_bias"),
         # str.isdigit() accepted these and int() then raised: 500s before.
-        ({"prompt": "x", "logit_bias": {"²": 1}}, "logit_bias keys must be token ids", None),
-        ({"prompt": "x", "logit_bias": {"¹²": 1}}, "logit_bias keys must be token ids", None),
-        ({"prompt": "x", "logit_bias": {"--5": 1}}, "logit_bias keys must be token ids", None),
-        ({"prompt": "x", "logit_bias": {"9" * 5000: 1}}, "logit_bias keys must be token ids", None),
+        ({"prompt": "x", "logit_bias": {"²": 1}}, "logit_bias keys must be token ids", "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"¹²": 1}}, "logit_bias keys must be token ids", "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"--5": 1}}, "logit_bias keys must be token ids", "logit_bias"),
+        ({"prompt": "x", "logit_bias": {"9" * 5000: 1}}, "logit_bias keys must be token ids", "logit_bias"),
         ({"prompt": "x", "logit_bias": {"5": 1000}}, "logit_bias", "logit_bias"),
         ({"prompt": "x", "min_tokens": 50, "max_tokens": 5}, "min_tokens", "min_tokens"),
         ({"prompt": "x", "stop": ["s"] * 100}, "stop", "stop"),
@@ -228,3 +228,11 @@ def test_internal_error_is_500_without_traceback(tiny_model, tokenizer) -> None:
         assert_error(response, 500, "internal server error")
         assert "secret internal detail" not in response.text
         assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_field_rules_are_checked_with_the_body_before_any_work(base_url) -> None:
+    """A bad field fails body validation: before the 300 prompts are counted or tokenized."""
+    body = {"prompt": ["x"] * 300, "logit_bias": {"²": 1}, "stop": ["ok"]}
+    assert_error(post(base_url, "/v1/completions", json=body), 400, "logit_bias", "logit_bias")
+    chat = {"messages": [{"role": "user", "content": "x"}], "stop": [""]}
+    assert_error(post(base_url, "/v1/chat/completions", json=chat), 400, "stop", "stop")
