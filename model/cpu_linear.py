@@ -6,6 +6,12 @@ any size: oneDNN's prepacked weight on plain dense tensors (`mkldnn._linear_poin
 inductor emits it), ~1.5x the fp32 GFLOP/s of BLAS at 16 rows and AMX for bf16 where the CPU
 has it. No layout conversions per call (the older `to_mkldnn`/`to_dense` route cost ~7 ms of a
 batch-16 step).
+
+oneDNN keeps ~0.6 MiB of generated code per weight shape for every row count it has seen, for
+good (its cache-capacity settings do not bound it): serving every prompt length up to 2048
+tokens would grow the process by gigabytes (docs/BENCHMARKS.md, soak). Rows are therefore
+padded up to one of 8 sizes per doubling (`padded_rows`: 72 sizes up to 2048), which bounds
+that memory and costs at most 1/8 extra rows.
 """
 
 from __future__ import annotations
@@ -36,13 +42,26 @@ def pack(weight: torch.Tensor) -> torch.Tensor:  # opaque oneDNN layout of [out,
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_FOR_ROWS)
 
 
+def padded_rows(rows: int) -> int:
+    """The row count oneDNN sees: exact to 16, then 8 sizes per doubling (<= 1/8 extra rows)."""
+    if rows <= 16:
+        return rows
+    step = 1 << (rows.bit_length() - 4)  # rows in [2^k, 2^(k+1)) -> multiples of 2^(k-3)
+    return -(-rows // step) * step
+
+
 def linear_packed(
     x: torch.Tensor,  # [rows, in]
     packed: torch.Tensor,
     bias: torch.Tensor | None,  # [out]
 ) -> torch.Tensor:  # [rows, out]
-    """x @ W.T + bias through the prepacked weight."""
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+    """x @ W.T + bias through the prepacked weight, on `padded_rows` rows."""
+    rows = x.shape[0]
+    padded = padded_rows(rows)
+    if padded != rows:
+        x = F.pad(x, (0, 0, 0, padded - rows))  # [padded, in], zero rows
+    out = torch.ops.mkldnn._linear_pointwise(x.contiguous(), packed, bias, "none", [], "")
+    return out[:rows]  # [rows, out]: a contiguous prefix
 
 
 def uses_packed(x: torch.Tensor) -> bool:

@@ -16,6 +16,7 @@ from gpt2serve.server.api.chat_template import ChatTemplate
 from gpt2serve.server.api.engine_stats import EngineStatsReporter
 from gpt2serve.server.api.errors import APIError, install_error_handlers
 from gpt2serve.server.api.metrics import Metrics
+from gpt2serve.server.api.openapi import install_openapi
 from gpt2serve.server.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -68,6 +69,7 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
     install_error_handlers(app, on_error=lambda status: _count_error(app, status))
     _add_openai_routes(app, settings)
     _add_service_routes(app, settings)
+    install_openapi(app, settings)
     return app
 
 

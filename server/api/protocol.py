@@ -9,14 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from gpt2serve.server.api.errors import APIError
 from gpt2serve.server.core import sampling_params as bounds
 from gpt2serve.server.core.field_checks import Bound
 from gpt2serve.server.core.sampling_params import SamplingParams, SamplingParamsError
 
-NonNegInt = Annotated[int, Field(ge=0)]
+
+def _number_only(value: Any) -> Any:
+    """JSON numbers only: `true` or "2" is not a number (pydantic's lax mode would take them)."""
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be a number, got {type(value).__name__}")
+    return value
+
+
+# Outside the union and after any Field, so the JSON schema keeps its bounds as they were.
+NUMBER = BeforeValidator(_number_only)
+Int = Annotated[int, NUMBER]
+NonNegInt = Annotated[int, Field(ge=0), NUMBER]
 StopTokenIds = Annotated[list[NonNegInt], Field(max_length=bounds.MAX_STOP_TOKEN_IDS)]
 
 
@@ -34,30 +45,31 @@ class OpenAIModel(BaseModel):
 class StreamOptions(OpenAIModel):
     """`stream_options` of a streamed request."""
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(OpenAIModel):
     """Fields shared by completions and chat, including vLLM's extra sampling controls."""
 
     model: str | None = None
-    n: int = bounded(bounds.N, 1)
-    temperature: float | None = bounded(bounds.TEMPERATURE)
-    top_p: float | None = bounded(bounds.TOP_P)
-    top_k: int | None = bounded(bounds.TOP_K)
-    min_p: float | None = bounded(bounds.MIN_P)
-    repetition_penalty: float | None = bounded(bounds.REPETITION_PENALTY)
-    presence_penalty: float | None = bounded(bounds.PRESENCE_PENALTY)
-    frequency_penalty: float | None = bounded(bounds.FREQUENCY_PENALTY)
-    no_repeat_ngram_size: int | None = bounded(bounds.NO_REPEAT_NGRAM_SIZE)
-    min_tokens: int = bounded(bounds.MIN_TOKENS, 0)
+    n: Annotated[int, NUMBER] = bounded(bounds.N, 1)
+    temperature: Annotated[float | None, NUMBER] = bounded(bounds.TEMPERATURE)
+    top_p: Annotated[float | None, NUMBER] = bounded(bounds.TOP_P)
+    top_k: Annotated[int | None, NUMBER] = bounded(bounds.TOP_K)
+    min_p: Annotated[float | None, NUMBER] = bounded(bounds.MIN_P)
+    repetition_penalty: Annotated[float | None, NUMBER] = bounded(bounds.REPETITION_PENALTY)
+    presence_penalty: Annotated[float | None, NUMBER] = bounded(bounds.PRESENCE_PENALTY)
+    frequency_penalty: Annotated[float | None, NUMBER] = bounded(bounds.FREQUENCY_PENALTY)
+    no_repeat_ngram_size: Annotated[int | None, NUMBER] = bounded(bounds.NO_REPEAT_NGRAM_SIZE)
+    min_tokens: Annotated[int, NUMBER] = bounded(bounds.MIN_TOKENS, 0)
     # Checked by SamplingParams: a union's errors would name the wrong branch.
     stop: str | list[str] | None = None
     stop_token_ids: StopTokenIds | None = None
-    ignore_eos: bool = False
-    seed: int | None = bounded(bounds.SEED)
-    logit_bias: dict[str, float] | None = None  # entries and keys: SamplingParams checks them
-    stream: bool = False
+    ignore_eos: StrictBool = False
+    seed: Annotated[int | None, NUMBER] = bounded(bounds.SEED)
+    # Entries and keys: SamplingParams checks them.
+    logit_bias: dict[str, Annotated[float, NUMBER]] | None = None
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
@@ -116,13 +128,13 @@ class SamplingFields(OpenAIModel):
 class CompletionRequest(SamplingFields):
     """`POST /v1/completions` body."""
 
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[Int] | list[list[Int]]
     # 0 only with echo or prompt_logprobs (scoring a prompt); SamplingParams says so.
-    max_tokens: int | None = bounded(bounds.MAX_TOKENS, 16)
-    echo: bool = False
-    logprobs: int | None = bounded(bounds.LOGPROBS)
-    prompt_logprobs: int | None = bounded(bounds.LOGPROBS)  # vLLM's extension
-    best_of: int | None = None
+    max_tokens: Annotated[int | None, NUMBER] = bounded(bounds.MAX_TOKENS, 16)
+    echo: StrictBool = False
+    logprobs: Annotated[int | None, NUMBER] = bounded(bounds.LOGPROBS)
+    prompt_logprobs: Annotated[int | None, NUMBER] = bounded(bounds.LOGPROBS)  # vLLM's extension
+    best_of: Annotated[int | None, NUMBER] = None
     suffix: str | None = None
 
 
@@ -149,11 +161,11 @@ class ChatCompletionRequest(SamplingFields):
     """`POST /v1/chat/completions` body."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = bounded(bounds.MAX_NEW_TOKENS)
-    max_completion_tokens: int | None = bounded(bounds.MAX_NEW_TOKENS)
-    logprobs: bool = False
-    top_logprobs: int | None = bounded(bounds.LOGPROBS)
-    add_generation_prompt: bool = True
+    max_tokens: Annotated[int | None, NUMBER] = bounded(bounds.MAX_NEW_TOKENS)
+    max_completion_tokens: Annotated[int | None, NUMBER] = bounded(bounds.MAX_NEW_TOKENS)
+    logprobs: StrictBool = False
+    top_logprobs: Annotated[int | None, NUMBER] = bounded(bounds.LOGPROBS)
+    add_generation_prompt: StrictBool = True
 
 
 class TokenizeRequest(OpenAIModel):
@@ -162,7 +174,7 @@ class TokenizeRequest(OpenAIModel):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
-    add_generation_prompt: bool = True
+    add_generation_prompt: StrictBool = True
 
 
 class DetokenizeRequest(OpenAIModel):

@@ -120,7 +120,7 @@ class ServingContext:
             # The server's default, or less: the room the longest prompt leaves (if none, the
             # check below names the numbers).
             room = self.request_limits.default_max_tokens(max(len(p) for p in prompts))
-            max_tokens = min(self.limits.default_max_tokens, room)
+            max_tokens = self.capped(min(self.limits.default_max_tokens, room))
         limit = self.limits.max_tokens_limit
         if limit is not None and max_tokens > limit:
             raise APIError(
@@ -131,6 +131,11 @@ class ServingContext:
             return [self.request_limits.check(prompt, params) for prompt in prompts]
         except (SamplingParamsError, InvalidRequestError) as exc:
             raise APIError(400, str(exc), exc.param) from exc
+
+    def capped(self, default_max_tokens: int) -> int:
+        """A default `max_tokens`, lowered to `--max-tokens-limit` (asking for more is a 400)."""
+        limit = self.limits.max_tokens_limit
+        return default_max_tokens if limit is None else min(default_max_tokens, limit)
 
     def encode(self, text: str) -> list[int]:
         """Tokenize a prompt string."""

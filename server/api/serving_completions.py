@@ -75,8 +75,11 @@ async def create_completion(
     ctx.check_num_prompts(num_prompts)
     ctx.check_num_sequences(num_prompts * body.n)
     prompts = prompt_token_lists(ctx, body.prompt)
+    # Left out, max_tokens is OpenAI's 16 (the body's default), or the server's limit if lower.
+    given = "max_tokens" in body.model_fields_set or body.max_tokens is None
+    max_tokens = body.max_tokens if given else ctx.capped(body.max_tokens)
     requests = ctx.check_requests(
-        body, prompts, body.max_tokens, body.logprobs, engine_prompt_logprobs(body)
+        body, prompts, max_tokens, body.logprobs, engine_prompt_logprobs(body)
     )
     job = _CompletionJob(ctx, body, requests)
     admission = ctx.admit(len(requests) * job.params.n)

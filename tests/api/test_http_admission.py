@@ -85,6 +85,9 @@ def test_thousands_of_prompts_are_refused_before_tokenizing(served) -> None:
 def test_max_tokens_limit_and_default(tiny_model, tokenizer) -> None:
     engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=256))
     with running_server(engine, max_tokens_limit=8, default_max_tokens=5) as (url, _):
+        chat_only_limit = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": None}
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat_only_limit,
+                          timeout=30).status_code == 200  # fmt: skip
         chat = {"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}
         response = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30)
         assert response.json()["usage"]["completion_tokens"] == 5  # omitted: the default
@@ -96,3 +99,13 @@ def test_max_tokens_limit_and_default(tiny_model, tokenizer) -> None:
         )
         assert over.status_code == 400 and over.json()["error"]["param"] == "max_tokens"
         assert "at most 8" in over.json()["error"]["message"]
+
+
+def test_a_limit_below_the_defaults_caps_them_instead_of_refusing(tiny_model, tokenizer) -> None:
+    """--max-tokens-limit 4 with the default 256: a chat that omits max_tokens gets 4, not 400."""
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=256))
+    with running_server(engine, max_tokens_limit=4) as (url, _):
+        chat = {"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True}
+        response = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] == 4

@@ -45,10 +45,26 @@ def assert_error(
         ({"prompt": "x", "logprobs": 21}, "logprobs", "logprobs"),
         ({"prompt": "x", "logit_bias": {"abc": 1}}, "logit_bias", "logit_bias"),
         # str.isdigit() accepted these and int() then raised: 500s before.
-        ({"prompt": "x", "logit_bias": {"²": 1}}, "logit_bias keys must be token ids", "logit_bias"),
-        ({"prompt": "x", "logit_bias": {"¹²": 1}}, "logit_bias keys must be token ids", "logit_bias"),
-        ({"prompt": "x", "logit_bias": {"--5": 1}}, "logit_bias keys must be token ids", "logit_bias"),
-        ({"prompt": "x", "logit_bias": {"9" * 5000: 1}}, "logit_bias keys must be token ids", "logit_bias"),
+        (
+            {"prompt": "x", "logit_bias": {"²": 1}},
+            "logit_bias keys must be token ids",
+            "logit_bias",
+        ),
+        (
+            {"prompt": "x", "logit_bias": {"¹²": 1}},
+            "logit_bias keys must be token ids",
+            "logit_bias",
+        ),
+        (
+            {"prompt": "x", "logit_bias": {"--5": 1}},
+            "logit_bias keys must be token ids",
+            "logit_bias",
+        ),
+        (
+            {"prompt": "x", "logit_bias": {"9" * 5000: 1}},
+            "logit_bias keys must be token ids",
+            "logit_bias",
+        ),
         ({"prompt": "x", "logit_bias": {"5": 1000}}, "logit_bias", "logit_bias"),
         ({"prompt": "x", "min_tokens": 50, "max_tokens": 5}, "min_tokens", "min_tokens"),
         ({"prompt": "x", "stop": ["s"] * 100}, "stop", "stop"),
