@@ -27,7 +27,8 @@ from gpt2serve.benchmarks.local_server import free_port, stop, wait_healthy
 class SoakResult:
     """RSS samples (seconds since the load started, MiB) and request counts."""
 
-    samples: list[tuple[float, float]] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # under load
+    idle_samples: list[tuple[float, float]] = field(default_factory=list)  # after it
     num_requests: int = 0
     num_errors: int = 0
 
@@ -101,7 +102,11 @@ async def drive(url: str, pid: int, seconds: float, clients: int, every: float) 
     deadline = started + seconds
     loops = [client_loop(url, deadline, seed, result) for seed in range(clients)]
     await asyncio.gather(sample_loop(pid, started, deadline, every, result), *loops)
-    result.samples.append((time.monotonic() - started, rss_mib(pid)))
+    for _ in range(3):  # idle: what stays once the last requests are done
+        await asyncio.sleep(5)
+        result.idle_samples.append((time.monotonic() - started, rss_mib(pid)))
+        print(f"{result.idle_samples[-1][0]:7.0f} s  RSS {result.idle_samples[-1][1]:8.1f} MiB"
+              "  (idle)", flush=True)  # fmt: skip
     return result
 
 
@@ -138,8 +143,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     result = run_soak(args)
     print(f"\nrequests {result.num_requests}, non-200 or failed {result.num_errors}")
-    print(f"RSS first {result.samples[0][1]:.1f} MiB, last {result.samples[-1][1]:.1f} MiB, "
-          f"growth after the first 20% {result.growth_mib():+.1f} MiB")  # fmt: skip
+    print(f"RSS first {result.samples[0][1]:.1f} MiB, last under load "
+          f"{result.samples[-1][1]:.1f} MiB, growth under load after the first 20% "
+          f"{result.growth_mib():+.1f} MiB, idle after "
+          f"{result.idle_samples[-1][1]:.1f} MiB")  # fmt: skip
 
 
 if __name__ == "__main__":

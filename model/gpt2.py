@@ -8,7 +8,7 @@ from torch import nn
 
 from gpt2serve.model.attention import AttentionMetadata, PagedSelfAttention
 from gpt2serve.model.config import GPT2Config
-from gpt2serve.model.cpu_linear import CpuVocabProjection
+from gpt2serve.model.cpu_linear import PACKED_FROM_ROWS, CpuVocabProjection
 
 
 class GPT2MLP(nn.Module):
@@ -105,6 +105,18 @@ class GPT2LMHeadModel(nn.Module):
         if weight.device.type != "cpu":
             return F.linear(hidden, weight).float()
         return self._cpu_projection(hidden, weight).float()
+
+    @torch.no_grad()
+    def prepare_cpu_projection(self) -> None:
+        """Make the lm_head's CPU layouts now (one per row route), not at the first small batch.
+
+        The [n_embd, vocab] copy for 1-3 rows is ~150 MiB at gpt2 size: taken at start-up,
+        the server's memory is what it will stay, and the first request does not pay for it.
+        """
+        weight = self.lm_head_weight
+        if weight.device.type == "cpu":
+            for rows in (1, PACKED_FROM_ROWS):
+                self._cpu_projection(weight.new_zeros(rows, weight.shape[1]), weight)
 
     def allocate_kv_cache(
         self, num_blocks: int, block_size: int

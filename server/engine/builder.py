@@ -77,6 +77,7 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
     model = load_model(settings.model, device, dtype, seed=settings.seed)
     if device.type == "cpu":
         logger.info("prepacked %d linear layers for oneDNN", optimize_for_cpu(model))
+        model.prepare_cpu_projection()
     tokenizer = load_tokenizer(settings.model)
     shape = model.config
     logger.info(

@@ -125,3 +125,34 @@ def test_cpu_attention_benchmark_measures_both_paths() -> None:
     layer = bench.paged_layer(3, 37, torch.float32, 0)
     torch.testing.assert_close(cpu_attention.decode_attention(*layer, 0.125),
                                reference._decode_attention(*layer, 0.125))  # fmt: skip
+
+
+def test_soak_growth_ignores_the_warm_up() -> None:
+    from gpt2serve.benchmarks import soak
+
+    result = soak.SoakResult(samples=[(0, 100.0), (10, 300.0), (50, 310.0), (100, 320.0)])
+    assert result.growth_mib() == 10.0  # from the first sample after 20 s to the last
+
+
+def test_soak_mix_covers_both_routes_streams_and_cut_offs() -> None:
+    import random
+
+    from gpt2serve.benchmarks import soak
+
+    rng = random.Random(0)
+    mix = [soak.random_request(rng) for _ in range(300)]
+    assert {path for path, _, _ in mix} == {"/v1/completions", "/v1/chat/completions"}
+    assert any(cut for _, _, cut in mix) and any(body["stream"] for _, body, _ in mix)
+    assert {body["n"] for _, body, _ in mix} == {1, 2, 4}
+
+
+def test_soak_runs_against_a_real_server() -> None:
+    from gpt2serve.benchmarks import soak
+
+    args = soak.parse_args(["--model", "random:tiny", "--minutes", "0.1", "--clients", "2",
+                            "--sample-seconds", "2", "--server-args", "--kv-cache-gb",
+                            "0.1"])  # fmt: skip
+    result = soak.run_soak(args)
+    assert result.num_requests > 0 and result.num_errors == 0
+    assert len(result.samples) >= 2 and len(result.idle_samples) == 3
+    assert all(rss > 0 for _, rss in result.samples + result.idle_samples)
