@@ -26,6 +26,25 @@ _module: ModuleType | None = None
 _failed = False
 
 
+STALE_LOCK_SECONDS = 600.0  # a build takes ~30 s; an older lock was left by a killed build
+
+
+def remove_stale_build_lock(now: float | None = None) -> bool:
+    """Delete the build lock a killed build left behind (torch would wait for it forever)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(EXTENSION_NAME, verbose=False)) / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_SECONDS:
+        return False
+    logger.warning("removing a stale build lock (%.0f s old): %s", age, lock)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 def load() -> ModuleType | None:
     """The compiled extension (built on first call, then cached on disk), or None if it can't be."""
     global _module, _failed
@@ -34,6 +53,7 @@ def load() -> ModuleType | None:
     from torch.utils.cpp_extension import load as load_extension
 
     started = time.monotonic()
+    remove_stale_build_lock()
     try:
         _module = load_extension(
             EXTENSION_NAME, sources=[str(SOURCE_PATH)],

@@ -19,7 +19,9 @@ def _numbers(text: str, kind: type) -> list:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
     p = argparse.ArgumentParser(prog="gpt2serve-loadtest", description=__doc__)
-    p.add_argument("--base-url", default="http://127.0.0.1:8000")
+    p.add_argument(
+        "--base-url", default="http://127.0.0.1:8000", help="the server, with or without /v1"
+    )
     p.add_argument("--model", required=True, help="model name the server serves")
     p.add_argument("--api-key", default=None)
     p.add_argument("--num-requests", type=int, default=200)

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+# How much of a non-JSON error body a result keeps.
+MAX_BODY_CHARS = 200
+
 
 @dataclass
 class RequestResult:
@@ -21,6 +24,19 @@ class RequestResult:
     itl: list[float] = field(default_factory=list)
     error: str = ""
     start: float = 0.0
+    status_code: int | None = None  # None: no HTTP answer (connection error)
+
+
+def http_error(status_code: int, body: bytes) -> str:
+    """`HTTP <status>: <message>`, the message from the OpenAI error envelope when there is one."""
+    text = body.decode("utf-8", errors="replace")
+    try:
+        message = json.loads(text)["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        message = None
+    if not isinstance(message, str):  # not the envelope: the start of whatever it sent
+        message = " ".join(text.split())[:MAX_BODY_CHARS] or "(empty body)"
+    return f"HTTP {status_code}: {message}"
 
 
 @dataclass
@@ -57,8 +73,9 @@ async def send_request(
     chunks_with_text = 0
     try:
         async with client.stream("POST", url, json=body, headers=headers) as response:
+            result.status_code = response.status_code
             if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                result.error = http_error(response.status_code, await response.aread())
                 return result
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":

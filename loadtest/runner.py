@@ -6,12 +6,26 @@ import asyncio
 import random
 import sys
 import time
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from gpt2serve.loadtest.client import RequestResult, RequestSpec, send_request
 from gpt2serve.loadtest.stats import Summary, summarize
 from gpt2serve.loadtest.workload import poisson_delays
+
+
+def completions_url(base_url: str) -> str:
+    """`<server>/v1/completions` from the server's URL given with or without `/v1`."""
+    parts = urlsplit(base_url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--base-url must be an http:// or https:// URL, got {base_url!r}")
+    path = parts.path.rstrip("/")
+    for suffix in ("/v1/completions", "/v1"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)].rstrip("/")
+            break
+    return urlunsplit((parts.scheme, parts.netloc, f"{path}/v1/completions", parts.query, ""))
 
 
 class Progress:
@@ -49,7 +63,7 @@ async def run_load(
     timeout: float = 600.0,
 ) -> tuple[Summary, list[RequestResult]]:
     """Send every request; concurrency caps in-flight requests, request_rate paces arrivals."""
-    url = base_url.rstrip("/") + "/v1/completions"
+    url = completions_url(base_url)
     limit = concurrency or len(specs)
     semaphore = asyncio.Semaphore(limit)
     bar = Progress(len(specs), progress)

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpt2serve.loadtest.client import RequestResult
+
+# A summary keeps this many distinct error messages, each up to MAX_ERROR_CHARS long.
+MAX_DISTINCT_ERRORS = 20
+MAX_ERROR_CHARS = 300
+OTHER_ERRORS = "(other errors)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -45,14 +51,22 @@ class Summary:
     errors: dict[str, int]
 
 
+def count_errors(results: list[RequestResult]) -> dict[str, int]:
+    """Failed requests by error message (an HTTP error's is the server's), most common first."""
+    # Past MAX_DISTINCT_ERRORS messages, the rest are counted together under OTHER_ERRORS.
+    counts = Counter(r.error[:MAX_ERROR_CHARS] or "unknown" for r in results if not r.success)
+    ranked = counts.most_common()
+    errors = dict(ranked[:MAX_DISTINCT_ERRORS])
+    rest = sum(count for _, count in ranked[MAX_DISTINCT_ERRORS:])
+    if rest:
+        errors[OTHER_ERRORS] = rest
+    return errors
+
+
 def summarize(results: list[RequestResult], duration: float) -> Summary:
     """TTFT, TPOT = (latency - ttft) / (output_tokens - 1), ITL over all gaps, E2E."""
     ok = [r for r in results if r.success]
-    errors: dict[str, int] = {}
-    for r in results:
-        if not r.success:
-            key = r.error.split(":")[0][:60] or "unknown"
-            errors[key] = errors.get(key, 0) + 1
+    errors = count_errors(results)
     tpots = [(r.latency - r.ttft) / (r.output_tokens - 1) for r in ok if r.output_tokens > 1]
     input_tokens = sum(r.prompt_len for r in ok)
     output_tokens = sum(r.output_tokens for r in ok)

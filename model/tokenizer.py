@@ -133,9 +133,12 @@ class Tokenizer:
                 return cls.from_files(vocab, merges)
         return cls.from_tiktoken()
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids; `<|endoftext|>` in user text is ordinary text, never the special token."""
-        return self.encoding.encode(text, disallowed_special=())
+    def encode(self, text: str, split_special_tokens: bool = False) -> list[int]:
+        """Token ids; `<|endoftext|>` in the text is the special token (50256), as in HF and vLLM,
+        unless `split_special_tokens` (HF's name) asks to read it as ordinary text."""
+        if split_special_tokens:
+            return self.encoding.encode(text, disallowed_special=())
+        return self.encoding.encode(text, allowed_special="all")
 
     def decode_bytes(self, token_ids: Iterable[int]) -> bytes:
         """The raw bytes of these tokens."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import socket
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import uvicorn
 from pydantic import ValidationError
@@ -21,6 +22,8 @@ logger = logging.getLogger("gpt2serve")
 
 # After a second shutdown signal, the process exits within this many seconds whatever happens.
 FORCED_EXIT_GRACE_S = 2.0
+# The start of the one line on stderr when the server cannot start (exit status 1).
+CANNOT_START = "gpt2serve: cannot start:"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = parse_settings(argv)
     except ValidationError as exc:
-        sys.exit(f"gpt2serve: invalid settings:\n{exc}")
+        sys.exit(f"{CANNOT_START} invalid settings: {describe_validation_error(exc)}")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -136,15 +139,114 @@ def main(argv: list[str] | None = None) -> None:
     # they share every core with the HTTP side (docs/BENCHMARKS.md: 1.3x at 16 streams on 2
     # cores against one dedicated core). A user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        server, guard = build_server(settings)
+    except Exception as exc:
+        exit_cannot_start(exc, settings.log_level)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn's own exit when the lifespan or the bind failed
+        if server.started:
+            raise
+        address = f"{settings.host}:{settings.port}"
+        failure = guard.error or OSError(f"cannot listen on {address} (uvicorn's error above)")
+        exit_cannot_start(failure, settings.log_level)
+
+
+def build_server(settings: ServerSettings) -> tuple[DrainingServer, LifespanGuard]:
+    """Everything that can fail before serving: the port, the engine (model), the app."""
     from gpt2serve.server.api.app import create_app
     from gpt2serve.server.api.http_limits import uvicorn_http_options
+    from gpt2serve.server.engine.builder import build_engine
 
-    app = create_app(settings)
+    check_can_listen(settings.host, settings.port)  # before a model load that may take minutes
+    # Built here, not in the app's lifespan: uvicorn would log the error's whole traceback.
+    engine, _ = build_engine(settings)
+    app = create_app(settings, engine)
+    guard = LifespanGuard(app)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level,
+        guard, host=settings.host, port=settings.port, log_level=settings.log_level,
         access_log=False, **uvicorn_http_options(settings),
     )  # fmt: skip
-    DrainingServer(config, app, settings.shutdown_timeout).run()
+    return DrainingServer(config, app, settings.shutdown_timeout), guard
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind (and release) every address uvicorn will listen on, as asyncio binds them."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise OSError(f"cannot resolve --host {host!r}: {exc.strerror}") from exc
+    for family, kind, proto, _, address in addresses:
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks; asyncio skips it too
+            continue
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:  # IPv6 disabled: asyncio skips it too
+                    continue
+                reason = (exc.strerror or str(exc)).lower()
+                raise OSError(f"cannot listen on {host}:{port}: {reason}") from exc
+
+
+class LifespanGuard:
+    """The ASGI app uvicorn runs: the app itself, but a startup failure is kept for `main`.
+
+    uvicorn would log the failure's traceback; here `main` reports it in one line instead.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.error: BaseException | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Forward to the app; blank a failed startup's message, remember its exception."""
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def quiet_send(message: dict) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                message = {**message, "message": ""}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, quiet_send)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Pydantic's multi-line report as one line: `field: problem (got value)`."""
+    problems = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        problems.append(f"{field}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
+
+
+def describe_startup_error(exc: BaseException) -> str:
+    """One line: the message of our own errors, `Type: message` for anything else."""
+    text = " ".join(str(exc).split())
+    if text and isinstance(exc, (RuntimeError, ValueError, OSError)):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def exit_cannot_start(exc: BaseException, log_level: str) -> NoReturn:
+    """Exit 1 with one line on stderr; the traceback only at `--log-level debug`."""
+    logger.debug("startup failed", exc_info=exc)
+    hint = "" if log_level == "debug" else " (--log-level debug shows the traceback)"
+    sys.exit(f"{CANNOT_START} {describe_startup_error(exc)}{hint}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -56,6 +57,11 @@ class ServerSettings(BaseSettings):
         True, description="with --api-key, keep /docs, /redoc and /openapi.json open (no data)"
     )
     chat_template: str | None = Field(None, description="Jinja2 chat template file")
+    chat_template_stop: str | None = Field(
+        None,
+        description='stop strings that end a chat turn, as a JSON list (default: ["\\nUser:"] '
+        "with the built-in template, none with --chat-template)",
+    )
     max_request_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(
         32 * 1024, ge=1024, description="request line + headers; beyond it: 431"
@@ -69,6 +75,18 @@ class ServerSettings(BaseSettings):
     )
     shutdown_timeout: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("chat_template_stop")
+    @classmethod
+    def _check_chat_template_stop(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                stops = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON list of strings: {exc}") from exc
+            if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+                raise ValueError("must be a JSON list of non-empty strings")
+        return value
 
     @field_validator("device")
     @classmethod

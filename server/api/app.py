@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
 from gpt2serve.server.api.auth import ALWAYS_OPEN_PATHS, DOCS_PATHS, ApiKeyMiddleware
 from gpt2serve.server.api.body_size import BodySizeLimitMiddleware
-from gpt2serve.server.api.chat_template import ChatTemplate
+from gpt2serve.server.api.chat_template import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from gpt2serve.server.api.engine_stats import EngineStatsReporter
 from gpt2serve.server.api.errors import APIError, install_error_handlers
 from gpt2serve.server.api.metrics import Metrics
@@ -76,8 +79,11 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
 def _attach_context(app: FastAPI, settings: ServerSettings, engine: Engine) -> None:
     metrics = Metrics(settings.model_name, engine.config.max_model_len)
     reporter = EngineStatsReporter(metrics, engine)
+    stop = json.loads(settings.chat_template_stop) if settings.chat_template_stop else None
     template = (
-        ChatTemplate.from_file(settings.chat_template) if settings.chat_template else ChatTemplate()
+        ChatTemplate.from_file(settings.chat_template, stop)
+        if settings.chat_template
+        else ChatTemplate(stop=stop)
     )
     app.state.reporter = reporter
     app.state.ctx = ServingContext(
@@ -120,20 +126,32 @@ def _add_openai_routes(app: FastAPI, settings: ServerSettings) -> None:
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
+        return {"object": "list", "data": [_model_card(_context(request), settings)]}
+
+    # `:path`: a served name may hold a slash ("openai-community/gpt2").
+    model_id_param = PathParam(examples=[settings.model_name])
+
+    @app.get("/v1/models/{model_id:path}")
+    async def retrieve_model(request: Request, model_id: str = model_id_param) -> dict:
         ctx = _context(request)
-        card = {
-            "id": ctx.model_name,
-            "object": "model",
-            "created": now(),
-            "owned_by": "gpt2serve",
-            "root": settings.model,
-            "max_model_len": ctx.max_model_len,
-        }
-        return {"object": "list", "data": [card]}
+        ctx.check_model(model_id)  # 404 model_not_found for any other id
+        return _model_card(ctx, settings)
+
+
+def _model_card(ctx: ServingContext, settings: ServerSettings) -> dict:
+    """The served model, as `/v1/models` lists it and `/v1/models/{id}` answers it."""
+    return {
+        "id": ctx.model_name,
+        "object": "model",
+        "created": now(),
+        "owned_by": "gpt2serve",
+        "root": settings.model,
+        "max_model_len": ctx.max_model_len,
+    }
 
 
 def _add_service_routes(app: FastAPI, settings: ServerSettings) -> None:
-    """Health, metrics, version (open to all), tokenize and detokenize (behind the key)."""
+    """Health, metrics, version (open to all); tokenize, detokenize, tokenizer_info (keyed)."""
 
     @app.get("/health")
     async def health(request: Request) -> Response:
@@ -173,3 +191,33 @@ def _add_service_routes(app: FastAPI, settings: ServerSettings) -> None:
         except InvalidRequestError as exc:
             raise APIError(400, str(exc), exc.param) from exc
         return {"prompt": ctx.tokenizer.decode(body.tokens)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request) -> dict:
+        state = request.app.state
+        if getattr(state, "tokenizer_info", None) is None:
+            state.tokenizer_info = _tokenizer_info(_context(request), settings)
+        return state.tokenizer_info
+
+
+def _tokenizer_info(ctx: ServingContext, settings: ServerSettings) -> dict:
+    """GPT-2's HF tokenizer config as vLLM's `/tokenizer_info` answers it (lm-eval reads it)."""
+    eos_id = ctx.tokenizer.eos_token_id
+    eos = ctx.tokenizer.decode([eos_id])
+    template = DEFAULT_CHAT_TEMPLATE
+    if settings.chat_template:  # the file loaded at startup: ChatTemplate keeps no source
+        template = Path(settings.chat_template).read_text()
+    return {
+        "tokenizer_class": "GPT2TokenizerFast",
+        "bos_token": eos,
+        "eos_token": eos,
+        "unk_token": eos,
+        "pad_token": None,  # GPT-2 has none
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "model_max_length": ctx.max_model_len,
+        "chat_template": template,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "vocab_size": ctx.tokenizer.vocab_size,
+    }

@@ -26,6 +26,9 @@ MAX_RENDERED_CHARS = 4 * 1024 * 1024  # a string or list built by `*` or `~` in 
 MAX_EXPONENT = 1024
 
 
+DEFAULT_CHAT_STOP = ("\nUser:",)
+
+
 class ChatTemplateError(ValueError):
     """The template could not render these messages."""
 
@@ -68,7 +71,14 @@ def _find_loader_tags(source: str, env: Environment) -> list[str]:
 class ChatTemplate:
     """A Jinja2 chat template rendered in a sandbox (templates are user-supplied code)."""
 
-    def __init__(self, source: str = DEFAULT_CHAT_TEMPLATE) -> None:
+    def __init__(self, source: str = DEFAULT_CHAT_TEMPLATE, stop: list[str] | None = None) -> None:
+        # The strings that end the assistant's turn (added to every chat request's stop, not
+        # shown to the client): the built-in transcript's next "User:" line by default.
+        self.stop = (
+            list(stop)
+            if stop is not None
+            else (list(DEFAULT_CHAT_STOP) if source == DEFAULT_CHAT_TEMPLATE else [])
+        )
         env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         try:
@@ -83,9 +93,9 @@ class ChatTemplate:
             )
 
     @classmethod
-    def from_file(cls, path: str | Path) -> ChatTemplate:
+    def from_file(cls, path: str | Path, stop: list[str] | None = None) -> ChatTemplate:
         """Load a template file (HF/vLLM style Jinja2)."""
-        return cls(Path(path).read_text())
+        return cls(Path(path).read_text(), stop)
 
     def render(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
         """The prompt text for these messages."""

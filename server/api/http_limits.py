@@ -71,10 +71,12 @@ def _limited_protocol(base: type, limits: HttpLimits) -> type:
                 self._begin_head()
             if self._in_head:
                 self._head_bytes += len(data)
-                if self._head_bytes > limits.max_header_bytes:
-                    self._refuse(431, f"request headers exceed {limits.max_header_bytes} bytes")
-                    return
             super().data_received(data)
+            # Checked after the chunk is parsed: a chunk may end the head and carry body bytes
+            # (those are not head bytes). The parser holds at most one chunk past the limit.
+            over = self._in_head and self._head_bytes > limits.max_header_bytes
+            if over and self._limit_error is None and not self.transport.is_closing():
+                self._refuse(431, f"request headers exceed {limits.max_header_bytes} bytes")
 
         def _response_done(self) -> bool:
             return not self._in_head and self.cycle is not None and self.cycle.response_complete

@@ -9,7 +9,7 @@ it), and cached in `app.openapi_schema`; asked for earlier, it is built without 
 cached.
 
 Request schemas carry every bound a single field has. Rules that tie fields together (min_tokens
-<= max_tokens, prompt + max_tokens within the context, seed + n - 1, best_of == n, prompts x n)
+<= max_tokens, prompt + max_tokens within the context, best_of == n, prompts x n)
 are beyond JSON Schema; they are listed in the body's description and answered with a 400 that
 names the field.
 """
@@ -105,7 +105,8 @@ def _document_operation(
     body = _body_schema(operation, schemas)
     has_body = "requestBody" in operation
     _document_success(path, responses)
-    if has_body or operation.get("parameters"):
+    parameters = operation.get("parameters", [])
+    if has_body or any(p.get("in") != "path" for p in parameters):  # a path is any string
         responses["400"] = error_schema("Invalid request: the error names the field (`param`).")
     if protected:
         operation["security"] = [{"bearer": []}]
@@ -115,6 +116,8 @@ def _document_operation(
         )
     if body is not None and "model" in body.get("properties", {}):
         responses["404"] = error_schema("The `model` is not the one this server serves.")
+    if any(p.get("name") == "model_id" for p in parameters):
+        responses["404"] = error_schema("The id is not the model this server serves.")
     if has_body:
         responses["413"] = error_schema("The request body is over --max-request-bytes.")
     if path in GENERATION_RESPONSES:
@@ -127,6 +130,11 @@ def _document_operation(
                 }
             },
         )
+    # Answered by the HTTP layer before any route runs (server/api/http_limits.py).
+    responses["408"] = error_schema("The headers or the body took longer than --header-timeout"
+                                    " / --body-timeout.")  # fmt: skip
+    responses["431"] = error_schema("The request line and headers exceed --max-header-bytes, or"
+                                    " there are more than --max-headers.")  # fmt: skip
     responses["500"] = error_schema("Internal error (no details are given).")
 
 

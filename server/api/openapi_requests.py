@@ -14,6 +14,7 @@ from gpt2serve.server.api.openapi_schemas import (
     object_schema,
     ref,
 )  # fmt: skip
+from gpt2serve.server.api.protocol import HF_GENERATE_FIELDS
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.core import sampling_params as bounds
 
@@ -131,6 +132,8 @@ def _document_model(body: Schema, limits: DocumentedLimits) -> None:
 def _document_sampling_fields(body: Schema, limits: DocumentedLimits) -> None:
     properties = body["properties"]
     _document_model(body, limits)
+    for name in HF_GENERATE_FIELDS:  # refused with a 400 naming the field to send instead
+        properties[name] = False
     n_max = min(int(bounds.N.high or 1), limits.max_sequences_per_request)
     properties["n"]["maximum"] = n_max
     min_tokens: Schema = {"type": "integer", "minimum": 0}
@@ -256,10 +259,7 @@ def _document_chat(body: Schema, limits: DocumentedLimits) -> None:
 
 def _cross_field_rules(title: str, rules: str, limits: DocumentedLimits) -> str:
     room = "the context" if limits.max_sequence_tokens is None else limits.max_sequence_tokens
-    return (
-        f"{title} Rules between fields (a 400 names the field): {rules} <= {room}; "
-        f"seed + n - 1 <= {bounds.MAX_SEED}."
-    )
+    return f"{title} Rules between fields (a 400 names the field): {rules} <= {room}."
 
 
 def _document_tokenize(body: Schema, limits: DocumentedLimits) -> None:

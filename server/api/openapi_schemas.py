@@ -124,6 +124,7 @@ _COMPLETION_CHUNK_CHOICE = object_schema(
         "text": STRING,
         "logprobs": nullable(_LEGACY_LOGPROBS),
         "finish_reason": _FINISH_REASON,
+        "stop_reason": _STOP_REASON,
     },
     {"prompt_logprobs": _PROMPT_LOGPROBS},
 )
@@ -146,6 +147,7 @@ _CHAT_CHUNK_CHOICE = object_schema(
         },
         "logprobs": _CHAT_LOGPROBS,
         "finish_reason": _FINISH_REASON,
+        "stop_reason": _STOP_REASON,
     }
 )
 
@@ -182,23 +184,37 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
         },
         {"usage": nullable(ref("Usage"))},
     ),
-    "ModelList": object_schema(
+    "Model": object_schema(
         {
-            "object": {"const": "list"},
-            "data": {
-                "type": "array",
-                "items": object_schema(
-                    {
-                        "id": STRING,
-                        "object": {"const": "model"},
-                        "created": _INT,
-                        "owned_by": STRING,
-                        "root": STRING,
-                        "max_model_len": _COUNT,
-                    }
-                ),
-            },
+            "id": STRING,
+            "object": {"const": "model"},
+            "created": _INT,
+            "owned_by": STRING,
+            "root": STRING,
+            "max_model_len": _COUNT,
         }
+    ),
+    "ModelList": object_schema(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}
+    ),
+    # vLLM's answer, the HF tokenizer config; lm-eval reads eos/bos/pad_token and chat_template.
+    "TokenizerInfo": object_schema(
+        {
+            "tokenizer_class": STRING,
+            "eos_token": STRING,
+            "bos_token": STRING,
+            "pad_token": {"type": ["string", "null"]},
+            "chat_template": STRING,
+            "model_max_length": _COUNT,
+        },
+        {
+            "unk_token": STRING,
+            "add_bos_token": {"type": "boolean"},
+            "add_prefix_space": {"type": "boolean"},
+            "bos_token_id": _COUNT,
+            "eos_token_id": _COUNT,
+            "vocab_size": _COUNT,
+        },
     ),
     "TokenizeResponse": object_schema(
         {"tokens": {"type": "array", "items": _COUNT}, "count": _COUNT, "max_model_len": _COUNT}
@@ -211,6 +227,8 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
 # The 200 body of each route, by path (GET or POST: one method per path here).
 OK_SCHEMAS = {
     "/v1/models": "ModelList",
+    "/v1/models/{model_id}": "Model",
+    "/tokenizer_info": "TokenizerInfo",
     "/version": "VersionResponse",
     "/tokenize": "TokenizeResponse",
     "/detokenize": "DetokenizeResponse",

@@ -1,12 +1,13 @@
 """Pydantic models of the OpenAI request bodies; unknown fields are ignored, not rejected.
 
 Every numeric bound comes from `core.sampling_params`, so the OpenAPI schema shows the limits
-`SamplingParams` enforces; rules that need code (stop strings, logit_bias entries, seed + n)
+`SamplingParams` enforces; rules that need code (stop strings, logit_bias entries)
 live there only.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
@@ -36,8 +37,35 @@ def bounded(bound: Bound, default: Any = None) -> Any:
     return Field(default, **bound.constraints())
 
 
+# Hugging Face `generate` names that would change the result if honoured: refused, naming what
+# to send instead (README, "Coming from Hugging Face"). Everything else unknown is ignored.
+HF_GENERATE_FIELDS = {
+    "do_sample": "temperature (0 is greedy; do_sample=false is temperature=0)",
+    "max_new_tokens": "max_tokens",
+    "max_length": "max_tokens (it counts new tokens only; the prompt is not included)",
+    "min_new_tokens": "min_tokens",
+    "min_length": "min_tokens (it counts new tokens only)",
+    "num_return_sequences": "n",
+    "eos_token_id": "stop_token_ids",
+    "typical_p": "top_p or min_p (typical sampling is not supported)",
+    "num_beams": "n with sampling (beam search is not supported yet)",
+    "use_beam_search": "n with sampling (beam search is not supported yet)",
+    "length_penalty": "nothing: it applies to beam search, which is not supported yet",
+    "early_stopping": "nothing: it applies to beam search, which is not supported yet",
+    "num_beam_groups": "nothing: beam search is not supported yet",
+    "diversity_penalty": "nothing: beam search is not supported yet",
+    "epsilon_cutoff": "min_p",
+    "eta_cutoff": "min_p",
+    "penalty_alpha": "nothing: contrastive search is not supported",
+    "return_full_text": "echo",
+}
+_logged_unknown_fields: set[str] = set()
+MAX_LOGGED_UNKNOWN_FIELDS = 256
+logger = logging.getLogger(__name__)
+
+
 class OpenAIModel(BaseModel):
-    """Base: ignore unknown fields like the OpenAI API does."""
+    """Base: unknown fields are ignored as vLLM does."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -50,6 +78,29 @@ class StreamOptions(OpenAIModel):
 
 class SamplingFields(OpenAIModel):
     """Fields shared by completions and chat, including vLLM's extra sampling controls."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _screen_unknown_fields(cls, data: Any) -> Any:
+        """A Hugging Face generate field is a 400; any other unknown one is logged once."""
+        if not isinstance(data, dict):
+            return data
+        unknown = [key for key in data if key not in cls.model_fields]
+        for key in unknown:
+            if key in HF_GENERATE_FIELDS:
+                raise APIError(
+                    400,
+                    f"{key} is a Hugging Face generate parameter this API does not take; "
+                    f"send {HF_GENERATE_FIELDS[key]} instead",
+                    key,
+                )
+            # Bounded: a client inventing names must not grow the set (or the log) forever.
+            if len(_logged_unknown_fields) < MAX_LOGGED_UNKNOWN_FIELDS and (
+                isinstance(key, str) and len(key) <= 64 and key not in _logged_unknown_fields
+            ):
+                _logged_unknown_fields.add(key)
+                logger.warning("ignoring unknown request field %r (logged once per name)", key)
+        return data
 
     model: str | None = None
     n: Annotated[int, NUMBER] = bounded(bounds.N, 1)
@@ -72,10 +123,18 @@ class SamplingFields(OpenAIModel):
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # vLLM's extensions: a matched stop string or stop token stays in the text only if asked;
+    # special tokens (<|endoftext|>) are left out of the text unless skip_special_tokens=false.
+    # spaces_between_special_tokens is accepted and, as with vLLM's fast GPT-2 tokenizer,
+    # changes nothing. split_special_tokens=true reads "<|endoftext|>" in prompt text as text.
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    spaces_between_special_tokens: StrictBool = True
+    split_special_tokens: StrictBool = False
 
     @model_validator(mode="after")
     def _check_rules_that_need_code(self) -> SamplingFields:
-        """Stop strings, logit_bias entries, seed + n: checked while the body is validated.
+        """Stop strings and logit_bias entries: checked while the body is validated.
 
         The rules live in `SamplingParams` (one place); running them here makes them part of
         body validation, before a prompt is tokenized or anything else runs. `APIError` is not
@@ -88,7 +147,11 @@ class SamplingFields(OpenAIModel):
         return self
 
     def sampling_params(
-        self, max_tokens: int, logprobs: int | None, prompt_logprobs: int | None = None
+        self,
+        max_tokens: int,
+        logprobs: int | None,
+        prompt_logprobs: int | None = None,
+        turn_stop: list[str] | None = None,
     ) -> SamplingParams:
         """The engine's `SamplingParams` for this body (raises SamplingParamsError)."""
         given = {
@@ -116,6 +179,9 @@ class SamplingFields(OpenAIModel):
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             logit_bias=dict(self.logit_bias or {}),  # string keys: SamplingParams checks them
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            turn_stop=list(turn_stop or []),
+            skip_special_tokens=self.skip_special_tokens,
             **given,
         )
 

@@ -114,6 +114,7 @@ class ServingContext:
         max_tokens: int | None,
         logprobs: int | None,
         prompt_logprobs: int | None = None,
+        turn_stop: list[str] | None = None,
     ) -> list[CheckedRequest]:
         """One engine request per prompt, every one checked before any runs (400 if not)."""
         if max_tokens is None:
@@ -127,7 +128,7 @@ class ServingContext:
                 400, f"max_tokens is {max_tokens}; this server allows at most {limit}", "max_tokens"
             )
         try:
-            params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
+            params = body.sampling_params(max_tokens, logprobs, prompt_logprobs, turn_stop)
             return [self.request_limits.check(prompt, params) for prompt in prompts]
         except (SamplingParamsError, InvalidRequestError) as exc:
             raise APIError(400, str(exc), exc.param) from exc
@@ -137,9 +138,9 @@ class ServingContext:
         limit = self.limits.max_tokens_limit
         return default_max_tokens if limit is None else min(default_max_tokens, limit)
 
-    def encode(self, text: str) -> list[int]:
-        """Tokenize a prompt string."""
-        return self.tokenizer.encode(text)
+    def encode(self, text: str, split_special_tokens: bool = False) -> list[int]:
+        """Tokenize a prompt string (`<|endoftext|>` is 50256 unless split_special_tokens)."""
+        return self.tokenizer.encode(text, split_special_tokens)
 
 
 class Admission:

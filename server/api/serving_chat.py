@@ -27,7 +27,10 @@ from gpt2serve.server.core.request_limits import CheckedRequest
 
 
 def render_chat_prompt(
-    ctx: ServingContext, messages: list[ChatMessage], add_generation_prompt: bool
+    ctx: ServingContext,
+    messages: list[ChatMessage],
+    add_generation_prompt: bool,
+    split_special_tokens: bool = False,
 ) -> list[int]:
     """Messages -> prompt token ids (400 if the template or a message is unusable)."""
     if not messages:
@@ -36,7 +39,7 @@ def render_chat_prompt(
         text = ctx.chat_template.render(messages, add_generation_prompt)
     except (ChatTemplateError, ValueError) as exc:
         raise APIError(400, str(exc), "messages") from exc
-    return ctx.encode(text)
+    return ctx.encode(text, split_special_tokens)
 
 
 async def create_chat_completion(
@@ -44,10 +47,14 @@ async def create_chat_completion(
 ) -> Response:
     """Serve one chat completions request."""
     ctx.check_model(body.model)
-    prompt = render_chat_prompt(ctx, body.messages, body.add_generation_prompt)
+    prompt = render_chat_prompt(
+        ctx, body.messages, body.add_generation_prompt, body.split_special_tokens
+    )
     num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    (request,) = ctx.check_requests(body, [prompt], max_tokens, num_logprobs)
+    (request,) = ctx.check_requests(
+        body, [prompt], max_tokens, num_logprobs, turn_stop=ctx.chat_template.stop
+    )
     job = _ChatJob(ctx, body, request)
     admission = ctx.admit(request.params.n)
     if body.stream:
@@ -68,10 +75,10 @@ class _ChatJob:
         self.params = request.params
         self.request_id = new_request_id("chatcmpl")
         self.created = now()
-        self.tracker = RequestTracker(ctx.metrics, len(self.prompt))
+        self.tracker = RequestTracker(ctx.metrics, len(self.prompt), self.params.n)
 
     def _outputs(self) -> AsyncGenerator[tuple[int, RequestOutput], None]:
-        return merged_outputs(self.ctx.engine, [self.request], self.request_id)
+        return self.tracker.track(merged_outputs(self.ctx.engine, [self.request], self.request_id))
 
     def _logprobs(self, entries: list[TokenLogprobs]) -> dict[str, Any] | None:
         if self.params.logprobs is None:
@@ -83,9 +90,7 @@ class _ChatJob:
         states: dict[int, ChoiceState] = {}
         async with aclosing(self._outputs()) as outputs:
             async for _, output in outputs:
-                self.tracker.on_output(output)
                 states.setdefault(output.index, ChoiceState()).add(output)
-        self.tracker.on_done()
         choices = [
             {
                 "index": i,
@@ -107,7 +112,6 @@ class _ChatJob:
         num_tokens: dict[int, int] = {}
         async with aclosing(self._outputs()) as outputs:
             async for _, output in outputs:
-                self.tracker.on_output(output)
                 if output.index not in num_tokens:
                     num_tokens[output.index] = 0
                     yield self._chunk(output.index, {"role": "assistant", "content": ""})
@@ -115,8 +119,8 @@ class _ChatJob:
                 logprobs = self._logprobs(output.logprobs) if output.logprobs else None
                 if output.text or output.finished or logprobs:
                     delta = {"content": output.text} if output.text else {}
-                    yield self._chunk(output.index, delta, logprobs, output.finish_reason)
-        self.tracker.on_done()
+                    yield self._chunk(output.index, delta, logprobs, output.finish_reason,
+                                      output.stop_reason)  # fmt: skip
         if self.body.include_usage:
             total = usage(len(self.prompt), sum(num_tokens.values()))
             yield sse_event({**self._base("chat.completion.chunk"), "choices": [], "usage": total})
@@ -130,13 +134,19 @@ class _ChatJob:
         }
 
     def _chunk(
-        self, index: int, delta: dict, logprobs: Any = None, finish_reason: str | None = None
+        self,
+        index: int,
+        delta: dict,
+        logprobs: Any = None,
+        finish_reason: str | None = None,
+        stop_reason: int | str | None = None,
     ) -> bytes:
         choice = {
             "index": index,
             "delta": delta,
             "logprobs": logprobs,
             "finish_reason": finish_reason,
+            "stop_reason": stop_reason,  # as vLLM: the matched stop string or token id
         }
         chunk = {**self._base("chat.completion.chunk"), "choices": [choice]}
         if self.body.include_usage:

@@ -25,16 +25,16 @@ from gpt2serve.server.core.messages import RequestOutput, TokenLogprobs
 from gpt2serve.server.core.request_limits import CheckedRequest
 
 
-def prompt_token_lists(ctx: ServingContext, prompt: Any) -> list[list[int]]:
+def prompt_token_lists(ctx: ServingContext, prompt: Any, split: bool = False) -> list[list[int]]:
     """Normalize str / list[str] / list[int] / list[list[int]] to token-id lists."""
     if isinstance(prompt, str):
-        return [ctx.encode(prompt)]
+        return [ctx.encode(prompt, split)]
     if not prompt:
         raise APIError(400, "prompt must not be empty", "prompt")
     if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]
     if all(isinstance(p, str) for p in prompt):
-        return [ctx.encode(p) for p in prompt]
+        return [ctx.encode(p, split) for p in prompt]
     if all(isinstance(p, list) for p in prompt):
         return [list(p) for p in prompt]
     raise APIError(400, "prompt must be a string, a list of strings, or token ids", "prompt")
@@ -74,7 +74,7 @@ async def create_completion(
     num_prompts = len(body.prompt) if _is_prompt_list(body.prompt) else 1
     ctx.check_num_prompts(num_prompts)
     ctx.check_num_sequences(num_prompts * body.n)
-    prompts = prompt_token_lists(ctx, body.prompt)
+    prompts = prompt_token_lists(ctx, body.prompt, body.split_special_tokens)
     # Left out, max_tokens is OpenAI's 16 (the body's default), or the server's limit if lower.
     given = "max_tokens" in body.model_fields_set or body.max_tokens is None
     max_tokens = body.max_tokens if given else ctx.capped(body.max_tokens)
@@ -101,7 +101,9 @@ class _CompletionJob:
         self.params = requests[0].params  # one body: the same parameters for every prompt
         self.request_id = new_request_id("cmpl")
         self.created = now()
-        self.tracker = RequestTracker(ctx.metrics, sum(len(p) for p in self.prompts))
+        self.tracker = RequestTracker(
+            ctx.metrics, sum(len(p) for p in self.prompts), len(requests) * self.params.n
+        )
         self.prompt_texts = [ctx.tokenizer.decode(p) for p in self.prompts] if body.echo else None
 
     def _index(self, prompt_index: int, choice_index: int) -> int:
@@ -116,10 +118,8 @@ class _CompletionJob:
         states: dict[int, ChoiceState] = {}
         async with aclosing(self._outputs()) as outputs:
             async for prompt_index, output in outputs:
-                self.tracker.on_output(output)
                 index = self._index(prompt_index, output.index)
                 states.setdefault(index, ChoiceState()).add(output)
-        self.tracker.on_done()
         choices = [self._choice(i, states[i]) for i in sorted(states)]
         return {
             "id": self.request_id,
@@ -171,7 +171,7 @@ class _CompletionJob:
         return choice
 
     def _outputs(self) -> AsyncGenerator[tuple[int, RequestOutput], None]:
-        return merged_outputs(self.ctx.engine, self.requests, self.request_id)
+        return self.tracker.track(merged_outputs(self.ctx.engine, self.requests, self.request_id))
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         """SSE chunks: one per delta, then an optional usage chunk (errors and [DONE]: caller).
@@ -182,7 +182,6 @@ class _CompletionJob:
         legacy: dict[int, LegacyLogprobs] = {}
         async with aclosing(self._outputs()) as outputs:
             async for prompt_index, output in outputs:
-                self.tracker.on_output(output)
                 index = self._index(prompt_index, output.index)
                 first = index not in states
                 states.setdefault(index, ChoiceState()).add(output)
@@ -197,12 +196,12 @@ class _CompletionJob:
                         legacy[index].add(entry)
                     logprobs = legacy[index].take()
                     logprobs = logprobs if logprobs["tokens"] else None
-                chunk = self._chunk(index, text, logprobs, output.finish_reason)
+                chunk = self._chunk(index, text, logprobs, output.finish_reason,
+                                    output.stop_reason)  # fmt: skip
                 choice = chunk["choices"][0]
                 self._with_prompt_logprobs(choice, output.prompt_logprobs)
                 if text or output.finished or logprobs or "prompt_logprobs" in choice:
                     yield sse_event(chunk)
-        self.tracker.on_done()
         if self.body.include_usage:
             yield sse_event({**self._chunk_base(), "choices": [], "usage": self._usage(states)})
 
@@ -214,12 +213,20 @@ class _CompletionJob:
             "model": self.ctx.model_name,
         }
 
-    def _chunk(self, index: int, text: str, logprobs: Any, finish_reason: str | None) -> dict:
+    def _chunk(
+        self,
+        index: int,
+        text: str,
+        logprobs: Any,
+        finish_reason: str | None,
+        stop_reason: int | str | None = None,
+    ) -> dict:
         choice = {
             "index": index,
             "text": text,
             "logprobs": logprobs,
             "finish_reason": finish_reason,
+            "stop_reason": stop_reason,  # as vLLM: the matched stop string or token id
         }
         chunk = {**self._chunk_base(), "choices": [choice]}
         if self.body.include_usage:

@@ -150,33 +150,66 @@ class AdmittedStreamingResponse(StreamingResponse):
 
 
 class RequestTracker:
-    """Per-request latency metrics: TTFT, inter-token latency, end-to-end, token counts."""
+    """Per-request metrics: TTFT and inter-token latency per choice; end-to-end, token counts."""
 
-    def __init__(self, metrics: Metrics, num_prompt_tokens: int) -> None:
+    # As vLLM v1, which fans `n > 1` out into child requests with stats of their own, a choice
+    # (prompt index, output index) is the unit: its first token gives one TTFT sample (since the
+    # request's arrival) and each later delta one ITL sample (since that choice's previous one),
+    # so sibling choices delivered by the same step never look like ~0 ms gaps. A delta of k
+    # tokens gives one sample of the whole gap, as vLLM's ITL (one per engine output, spec
+    # decoding included); this engine's deltas carry one token, or none (max_tokens=0, aborts).
+
+    def __init__(self, metrics: Metrics, num_prompt_tokens: int, num_choices: int) -> None:
         self.metrics = metrics
         self.num_prompt_tokens = num_prompt_tokens
+        self.num_choices = num_choices
         self.arrival = time.monotonic()
-        self.last_token_time: float | None = None
+        self.last_token_time: dict[tuple[int, int], float] = {}
+        self.finished: set[tuple[int, int]] = set()
         self.num_generated = 0
+        self.done = False
 
-    def on_output(self, output: RequestOutput) -> None:
-        """Record one engine delta."""
-        now = time.monotonic()
-        m = self.metrics
-        if self.last_token_time is None:
-            m.labelled(m.time_to_first_token).observe(now - self.arrival)
-        else:
-            m.labelled(m.inter_token_latency).observe(now - self.last_token_time)
-        self.last_token_time = now
-        self.num_generated += len(output.token_ids)
-        if output.finished:
-            # Per choice, as vLLM v1: its n > 1 fans out into child requests, and each child
-            # that finishes increments request_success_total (OutputProcessor, per request state).
+    async def track(
+        self, outputs: AsyncGenerator[tuple[int, RequestOutput], None]
+    ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
+        """`outputs` (`merged_outputs`), recorded as they pass; the request however it ends."""
+        try:
+            async with contextlib.aclosing(outputs):  # closing this closes (aborts) them now
+                async for prompt_index, output in outputs:
+                    self.on_output(output, prompt_index)
+                    yield prompt_index, output
+        finally:
+            self.on_done()
+
+    def on_output(self, output: RequestOutput, prompt_index: int = 0) -> None:
+        """Record one engine delta of choice `output.index` of prompt `prompt_index`."""
+        m, choice = self.metrics, (prompt_index, output.index)
+        if output.token_ids:
+            now = time.monotonic()
+            last = self.last_token_time.get(choice)
+            if last is None:
+                m.labelled(m.time_to_first_token).observe(now - self.arrival)
+            else:
+                m.labelled(m.inter_token_latency).observe(now - last)
+            self.last_token_time[choice] = now
+            self.num_generated += len(output.token_ids)
+        if output.finished and choice not in self.finished:
+            # Per choice, as vLLM v1: each child request that finishes increments
+            # request_success_total (OutputProcessor, per request state).
+            self.finished.add(choice)
             m.labelled(m.request_success, finished_reason=output.finish_reason or "abort").inc()
 
     def on_done(self) -> None:
-        """Record the request as a whole once all its choices finished."""
+        """Record the request as a whole, once, however it ended; open choices as aborted."""
+        if self.done:
+            return
+        self.done = True
         m = self.metrics
+        # Choices still open (the client went away, or the request failed) are aborts, counted
+        # with the tokens they streamed and the request's end-to-end latency.
+        unfinished = self.num_choices - len(self.finished)
+        if unfinished > 0:
+            m.labelled(m.request_success, finished_reason="abort").inc(unfinished)
         m.labelled(m.e2e_request_latency).observe(time.monotonic() - self.arrival)
         m.labelled(m.prompt_tokens).inc(self.num_prompt_tokens)
         m.labelled(m.generation_tokens).inc(self.num_generated)

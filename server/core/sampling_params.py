@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 from gpt2serve.server.core.field_checks import (
@@ -34,7 +35,7 @@ NO_REPEAT_NGRAM_SIZE = Bound(0)
 N = Bound(1, 16)
 MAX_LOGPROBS = 20
 LOGPROBS = Bound(0, MAX_LOGPROBS)  # logprobs, top_logprobs and prompt_logprobs alike
-# Choice i of a seeded request draws with seed + i: the last one must be an int64 too.
+# Any int64 (choice i > 0 draws with `choice_seed(seed, i)`, a 62-bit hash).
 MAX_SEED = 2**63 - 1
 SEED = Bound(0, MAX_SEED)
 LOGIT_BIAS_VALUE = Bound(-100.0, 100.0)
@@ -42,6 +43,18 @@ MAX_LOGIT_BIAS = 1024
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LEN = 256
 MAX_STOP_TOKEN_IDS = 64
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """The seed choice `index` of a seeded request samples with: a 62-bit hash of both.
+
+    Mixing, not `seed + index`: choice 1 of seed 42 must not repeat choice 0 of seed 43.
+    Choice 0 keeps the request's own seed, so n=1 results do not change with this scheme.
+    """
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
 
 
 @dataclass
@@ -68,6 +81,12 @@ class SamplingParams:
     # echo + logprobs asks for them too). Such a request takes no prefix-cache hits.
     prompt_logprobs: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    # vLLM's output controls: a matched stop string / stop token's text is left out unless
+    # asked for; special tokens (GPT-2: <|endoftext|>) are left out of the text by default.
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    # The chat template's end-of-turn strings: stop like `stop`, outside the client's limit.
+    turn_stop: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Normalize the spellings the API allows before validating one canonical form.
@@ -86,8 +105,11 @@ class SamplingParams:
         check_range("presence_penalty", self.presence_penalty, PRESENCE_PENALTY)
         check_range("frequency_penalty", self.frequency_penalty, FREQUENCY_PENALTY)
         check_stop_strings(self.stop, MAX_STOP_STRINGS, MAX_STOP_STRING_LEN)
+        check_stop_strings(self.turn_stop, MAX_STOP_STRINGS, MAX_STOP_STRING_LEN)
         check_token_id_list("stop_token_ids", self.stop_token_ids, MAX_STOP_TOKEN_IDS)
         check_bool("ignore_eos", self.ignore_eos)
+        check_bool("include_stop_str_in_output", self.include_stop_str_in_output)
+        check_bool("skip_special_tokens", self.skip_special_tokens)
         check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, NO_REPEAT_NGRAM_SIZE)
         self._validate_seed()
         if self.logprobs is not None:
@@ -117,12 +139,11 @@ class SamplingParams:
         if self.seed is None:
             return
         check_int("seed", self.seed, SEED)
-        last_seed = self.seed + self.n - 1
-        check(
-            last_seed <= MAX_SEED,
-            "seed",
-            f"seed + n - 1 must be <= {MAX_SEED} (choice i samples with seed + i), got {last_seed}",
-        )
+
+    @property
+    def all_stop_strings(self) -> list[str]:
+        """The client's stop strings, then the chat template's turn stops (no repeats)."""
+        return self.stop + [s for s in self.turn_stop if s not in self.stop]
 
     @property
     def greedy(self) -> bool:

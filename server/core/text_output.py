@@ -22,10 +22,18 @@ class ChoiceText:
     suffix of the unreleased text that could still grow into one.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: list[str], min_tokens: int) -> None:
-        self.detokenizer = IncrementalDetokenizer(tokenizer)
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        stop: list[str],
+        min_tokens: int,
+        include_stop: bool = False,
+        skip_special: bool = True,
+    ) -> None:
+        self.detokenizer = IncrementalDetokenizer(tokenizer, skip_special=skip_special)
         self.stop = stop
         self.min_tokens = min_tokens
+        self.include_stop = include_stop  # vLLM's include_stop_str_in_output
         self.held = ""
         self.num_tokens = 0
 
@@ -37,10 +45,14 @@ class ChoiceText:
             return self._release(len(self.held))
         match_at, matched = self._first_stop_match()
         if matched is not None:
-            delta = self.held[:match_at]
+            delta = self.held[: match_at + (len(matched) if self.include_stop else 0)]
             self.held = ""
             return TextDelta(delta, stop_string=matched)
         return self._release(len(self.held) - self._partial_match_len())
+
+    def skip_token(self) -> None:
+        """A token whose text is left out (a matched stop token): counted, not decoded."""
+        self.num_tokens += 1
 
     def finish(self) -> str:
         """The choice ended for another reason: release everything held back."""

@@ -20,8 +20,9 @@ from gpt2serve.server.core.messages import (
 )
 from gpt2serve.server.core.request import Request, RequestStatus
 from gpt2serve.server.core.request_limits import CheckedRequest, InvalidRequestError, RequestLimits
+from gpt2serve.server.core.sampling_params import choice_seed
 from gpt2serve.server.core.scheduler import Scheduler
-from gpt2serve.server.core.text_output import ChoiceText
+from gpt2serve.server.core.text_output import ChoiceText, TextDelta
 from gpt2serve.server.worker.model_runner import ModelRunner
 
 
@@ -108,8 +109,11 @@ class Engine:
         arrival = time.monotonic() if arrival_time is None else arrival_time
         child_ids = []
         for index in range(params.n):
-            # Siblings must differ, and a seeded request must still reproduce: seed + index.
-            seed = random.getrandbits(62) if params.seed is None else params.seed + index
+            # Siblings must differ, and a seeded request must still reproduce: a hash of
+            # (seed, index), so choice 1 of seed 42 is not choice 0 of seed 43.
+            seed = (
+                random.getrandbits(62) if params.seed is None else choice_seed(params.seed, index)
+            )
             child_params = dataclasses.replace(params, seed=seed)
             child_id = request_id if params.n == 1 else f"{request_id}#{index}"
             child = Request(
@@ -123,7 +127,13 @@ class Engine:
             self._choices[child_id] = _Choice(
                 request_id,
                 index,
-                ChoiceText(self.tokenizer, params.stop, params.min_tokens),
+                ChoiceText(
+                    self.tokenizer,
+                    params.all_stop_strings,
+                    params.min_tokens,
+                    params.include_stop_str_in_output,
+                    params.skip_special_tokens,
+                ),
                 arrival,
                 prompt_logprobs=None if params.prompt_logprobs is None else [None],
             )
@@ -188,7 +198,11 @@ class Engine:
             self._forget(request.request_id, choice.parent_id)
             return self._output(choice, request, "", [], None, prompt_logprobs)
         token_id = request.output_token_ids[-1]
-        delta = choice.text.add_token(token_id)
+        if self._drops_stop_token_text(request):
+            choice.text.skip_token()
+            delta = TextDelta("")
+        else:
+            delta = choice.text.add_token(token_id)
         text = delta.text
         if delta.stop_string is not None and not request.is_finished:
             request.stop_reason = delta.stop_string
@@ -201,6 +215,17 @@ class Engine:
         if request.is_finished:
             self._forget(request.request_id, choice.parent_id)
         return self._output(choice, request, text, [token_id], logprobs, prompt_logprobs)
+
+    @staticmethod
+    def _drops_stop_token_text(request: Request) -> bool:
+        """The token that stopped the request (a `stop_token_ids` match, or EOS) is not text,
+        as in vLLM, unless `include_stop_str_in_output` asks for it."""
+        if not request.is_finished or request.sampling_params.include_stop_str_in_output:
+            return False
+        if isinstance(request.stop_reason, int):
+            return True
+        ended_on_eos = request.output_token_ids[-1] == request.eos_token_id
+        return request.finish_reason == "stop" and request.stop_reason is None and ended_on_eos
 
     def _output(
         self,

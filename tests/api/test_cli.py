@@ -6,6 +6,7 @@ import contextlib
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -101,7 +102,66 @@ def test_defaults_and_served_name_fallback() -> None:
 def test_invalid_value_exits_with_a_message() -> None:
     with pytest.raises(SystemExit) as excinfo:
         main(["--port", "not-a-port"])
-    assert "invalid settings" in str(excinfo.value.code) and "port" in str(excinfo.value.code)
+    message = str(excinfo.value.code)
+    assert message.startswith("gpt2serve: cannot start: invalid settings: port: ")
+    assert "'not-a-port'" in message and "\n" not in message
+
+
+def run_cli(*args: str) -> tuple[int, list[str]]:
+    """Run `python -m gpt2serve` (CPU, no kernel build) to its exit: (status, stderr lines)."""
+    command = [
+        sys.executable, "-m", "gpt2serve", "--device", "cpu", "--no-cpu-attention-kernel",
+        "--port", str(free_port()), *args,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    return done.returncode, done.stderr.splitlines()
+
+
+def cannot_start_line(lines: list[str]) -> str:
+    """The one `gpt2serve: cannot start:` line, which comes last."""
+    matches = [line for line in lines if line.startswith("gpt2serve: cannot start: ")]
+    assert len(matches) == 1 and lines[-1] == matches[0], lines
+    return matches[0]
+
+
+def test_missing_model_is_one_line_and_exit_1() -> None:
+    status, lines = run_cli("--model", "/nonexistent/dir")
+    assert status == 1, lines
+    line = cannot_start_line(lines)
+    assert "'/nonexistent/dir' not found" in line and "--log-level debug" in line
+    assert len(lines) < 5 and not any("Traceback" in line for line in lines), lines
+
+
+def test_missing_model_traceback_only_at_debug_level() -> None:
+    status, lines = run_cli("--model", "/nonexistent/dir", "--log-level", "debug")
+    assert status == 1, lines
+    assert "'/nonexistent/dir' not found" in cannot_start_line(lines)
+    assert any(line.startswith("Traceback") for line in lines), lines
+    assert any("ModelLoadError" in line for line in lines), lines
+
+
+def test_port_in_use_fails_before_the_model_loads() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        status, lines = run_cli("--model", "random:tiny", "--port", str(port))
+    assert status == 1, lines
+    line = cannot_start_line(lines)
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in line
+    assert not any("loaded random:tiny" in line for line in lines), lines
+    assert len(lines) < 5 and not any("Traceback" in line for line in lines), lines
+
+
+def test_failure_in_the_app_lifespan_is_one_line(tmp_path) -> None:
+    """A failure after the engine is built (a missing chat template) is one line too."""
+    template = tmp_path / "missing.jinja"
+    status, lines = run_cli(
+        "--model", "random:tiny", "--num-kv-blocks", "8", "--chat-template", str(template)
+    )
+    assert status == 1, lines
+    assert str(template) in cannot_start_line(lines)
+    assert not any("Traceback" in line for line in lines), lines
 
 
 def read_lines(stream, lines: queue.Queue) -> None:

@@ -9,25 +9,15 @@ import httpx
 import pytest
 
 from gpt2serve.server.engine.engine import Engine, EngineConfig
+from support.engine_driver import slow_steps
 from support.http_server import running_server
 from support.metrics import wait_until
-
-
-def slow(engine: Engine, seconds: float) -> None:
-    """Every step takes at least `seconds`: the running stream outlasts the test's requests."""
-    real_execute = engine.runner.execute
-
-    def execute(scheduler_output):
-        time.sleep(seconds)
-        return real_execute(scheduler_output)
-
-    engine.runner.execute = execute
 
 
 @pytest.fixture
 def served(tiny_model, tokenizer):
     engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=256, max_num_seqs=2))
-    slow(engine, 0.01)
+    slow_steps(engine, 0.01)
     with running_server(engine, max_waiting_requests=8, max_prompts_per_request=64) as (url, app):
         yield url, app
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from gpt2serve.server.engine.engine import Engine, EngineConfig
+from support.engine_driver import slow_steps
 from support.http_server import free_port, running_server
 from support.metrics import value, wait_until
 
@@ -45,17 +46,6 @@ def test_disconnect_mid_stream_frees_everything(tiny_model, tokenizer) -> None:
         assert metric(url, "num_requests_running") == 0
         assert metric(url, "kv_cache_usage_perc") == 0
         assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
-
-
-def slow_steps(engine: Engine, seconds: float) -> None:
-    """Make every engine step take at least `seconds`, so timing-dependent tests are not."""
-    real_execute = engine.runner.execute
-
-    def execute(scheduler_output):
-        time.sleep(seconds)
-        return real_execute(scheduler_output)
-
-    engine.runner.execute = execute
 
 
 def all_blocks_free(engine: Engine) -> bool:

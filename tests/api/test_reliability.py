@@ -15,21 +15,11 @@ import httpx
 import pytest
 
 from gpt2serve.server.engine.engine import Engine, EngineConfig
+from support.engine_driver import slow_steps
 from support.http_server import running_server
 from support.metrics import wait_until
 
 pytestmark = pytest.mark.reliability
-
-
-def slow_steps(engine: Engine, seconds: float) -> None:
-    """Every step takes at least `seconds`: streams last long enough to be cut or queued."""
-    real_execute = engine.runner.execute
-
-    def execute(scheduler_output):
-        time.sleep(seconds)
-        return real_execute(scheduler_output)
-
-    engine.runner.execute = execute
 
 
 def engine_is_idle(engine: Engine, app) -> bool:

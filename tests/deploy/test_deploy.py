@@ -618,6 +618,23 @@ def test_dashboard_has_every_required_panel_and_the_model_variable() -> None:
                 assert 'model_name=~"$model_name"' in selector, (panel["title"], target["expr"])
 
 
+def test_latency_panels_show_a_mean_beside_the_quantiles() -> None:
+    # Quantiles interpolate within a bucket; sum / count is exact whatever the buckets.
+    panels = {p["title"]: p for p in dashboard()["panels"]}
+    histograms = {
+        "Time to first token": "gpt2serve_time_to_first_token_seconds",
+        "Inter-token latency": "gpt2serve_inter_token_latency_seconds",
+        "End-to-end request latency": "gpt2serve_e2e_request_latency_seconds",
+        "Queue time": "gpt2serve_request_queue_time_seconds",
+    }
+    for title, name in histograms.items():
+        targets = {t["legendFormat"]: t["expr"] for t in panels[title]["targets"]}
+        assert {"p50", "p90", "p99", "mean"} <= set(targets), title
+        window = '{model_name=~"$model_name"}[$__rate_interval]'
+        mean = f"sum(rate({name}_sum{window})) / sum(rate({name}_count{window}))"
+        assert targets["mean"] == mean, title
+
+
 def clamp_min_floors(expr: str) -> list[float]:
     """The second argument of every clamp_min(...) call."""
     floors = []

@@ -215,3 +215,28 @@ def test_logprobs_are_finite_sorted_and_consistent(make_engine) -> None:
         assert len(values) == 3 and values == sorted(values, reverse=True)
         assert entry.top[0][0] == entry.token_id  # greedy picks the top token
         assert entry.logprob == pytest.approx(values[0]) and entry.logprob < 0
+
+
+def test_choice_seeds_are_mixed_not_consecutive(make_engine) -> None:
+    """Choice 1 of seed 42 is not choice 0 of seed 43 (with `seed + index` it was)."""
+    prompt = random_prompt(6, seed=9)
+    sampled = {"max_tokens": 12, "temperature": 1.0, "top_k": 50, "ignore_eos": True}
+
+    def choices(seed: int, n: int) -> list[list[int]]:
+        params = SamplingParams(seed=seed, n=n, **sampled)
+        outputs = run_to_completion(make_engine(), {"r": (prompt, params)})["r"]
+        return [tokens_of(outputs, index) for index in range(n)]
+
+    pair = choices(42, 2)
+    assert pair[0] == choices(42, 1)[0]  # choice 0 keeps the request's seed
+    assert pair[1] != choices(43, 1)[0]
+    assert pair == choices(42, 2)  # still reproducible
+
+
+def test_the_largest_seed_with_several_choices_is_valid() -> None:
+    from gpt2serve.server.core.sampling_params import MAX_SEED, SamplingParams, choice_seed
+
+    params = SamplingParams(seed=MAX_SEED, n=16)
+    assert params.seed == MAX_SEED
+    assert all(0 <= choice_seed(MAX_SEED, i) <= MAX_SEED for i in range(16))
+    assert choice_seed(7, 0) == 7 and len({choice_seed(7, i) for i in range(16)}) == 16

@@ -106,3 +106,21 @@ def test_launcher_rejects_what_would_read_out_of_bounds() -> None:
         cpu_attention.decode_attention(query, strided, strided, *good[3:])
     with pytest.raises(ValueError, match="one row per query"):
         cpu_attention.decode_attention(query, k_cache, v_cache, tables[:1], lens, 1.0)
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, monkeypatch) -> None:
+    """A build killed mid-way leaves `lock`; torch would then wait forever at every start."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = (
+        __import__("pathlib").Path(
+            _get_build_directory(cpu_attention.EXTENSION_NAME, verbose=False)
+        )
+        / "lock"
+    )
+    lock.touch()
+    mtime = lock.stat().st_mtime
+    assert not cpu_attention.remove_stale_build_lock(now=mtime + 60) and lock.exists()
+    assert cpu_attention.remove_stale_build_lock(now=mtime + 3600) and not lock.exists()
+    assert not cpu_attention.remove_stale_build_lock()  # nothing left to remove

@@ -16,6 +16,9 @@ from gpt2serve.loadtest.stats import percentile, summarize
 from gpt2serve.loadtest.workload import build_requests, poisson_delays
 from support.http_server import running_server
 
+# What the server answers for a model it does not serve, as the summary reports it.
+NO_SUCH_MODEL = "HTTP 404: the model 'no-such-model' does not exist; this server serves 'tiny'"
+
 
 @pytest.fixture(scope="module")
 def server_url():
@@ -48,7 +51,7 @@ def test_summary_definitions() -> None:
     assert summary.total_output_tokens == 8 and summary.output_throughput == 4.0
     assert summary.tpot_ms["mean"] == pytest.approx(100.0)  # (0.5-0.1)/4 and (0.4-0.2)/2
     assert summary.ttft_ms["p50"] == pytest.approx(150.0)
-    assert summary.errors == {"HTTP 503": 1}
+    assert summary.errors == {"HTTP 503: overloaded": 1}
 
 
 def test_workload_lengths_and_context_limit() -> None:
@@ -83,7 +86,7 @@ def test_open_loop_and_errors_counted(server_url) -> None:
     summary, _ = asyncio.run(run_load(server_url, "tiny", specs, request_rate=50.0, progress=False))
     assert summary.completed == 4
     summary, _ = asyncio.run(run_load(server_url, "no-such-model", specs[:2], progress=False))
-    assert summary.failed == 2 and "HTTP 404" in summary.errors
+    assert summary.failed == 2 and list(summary.errors) == [NO_SUCH_MODEL]
 
 
 def test_cli_writes_json_and_plot(server_url, tmp_path: Path) -> None:

@@ -59,9 +59,11 @@ def test_round_trip(tokenizer: Tokenizer, text: str) -> None:
     assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
-def test_endoftext_in_user_text_is_not_special(tokenizer: Tokenizer) -> None:
-    ids = tokenizer.encode("a <|endoftext|> b")
-    assert 50256 not in ids and tokenizer.decode(ids) == "a <|endoftext|> b"
+def test_endoftext_in_text_is_the_special_token_as_in_hf(tokenizer: Tokenizer) -> None:
+    assert tokenizer.encode("<|endoftext|>") == [50256]  # HF GPT2TokenizerFast: [50256]
+    assert tokenizer.encode("a <|endoftext|> b").count(50256) == 1
+    as_text = tokenizer.encode("a <|endoftext|> b", split_special_tokens=True)
+    assert 50256 not in as_text and tokenizer.decode(as_text) == "a <|endoftext|> b"
     assert tokenizer.decode([50256]) == "<|endoftext|>"
 
 
@@ -139,7 +141,7 @@ def test_bad_tokenizer_files_are_load_errors(tmp_path: Path) -> None:
 
 def test_incremental_never_emits_half_a_character(tokenizer: Tokenizer) -> None:
     for text in (MULTIBYTE, "🤗", "日本語", CORPUS):
-        ids = tokenizer.encode(text)
+        ids = tokenizer.encode(text, split_special_tokens=True)  # the text back, exactly
         detok = IncrementalDetokenizer(tokenizer)
         deltas = []
         for k, token_id in enumerate(ids, start=1):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -87,38 +90,155 @@ def test_loads_in_half_precision(saved_dir: Path) -> None:
     assert full_logits(model, [1, 2, 3]).dtype == torch.float32
 
 
+@pytest.fixture
+def hf_copy(tmp_path: Path, hf_saved_model_dir: Path) -> Path:
+    """A private copy of the `save_pretrained` directory, for a test to damage."""
+    return Path(shutil.copytree(hf_saved_model_dir, tmp_path / "model"))
+
+
+def denied_for(name: str, failing: Path):
+    """`os.<name>` that raises PermissionError (EACCES) for `failing` only."""
+    real = getattr(os, name)
+
+    def call(path, *args, **kwargs):
+        if Path(path) == failing:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    return call
+
+
 def test_missing_weights_file(tmp_path: Path, saved_dir: Path) -> None:
     (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
     with pytest.raises(
-        ModelLoadError, match="no weights in .*model.safetensors or pytorch_model.bin"
+        ModelLoadError, match="weights not found in .*: looked for .*safetensors and pytorch_model"
     ):
         load_model(str(tmp_path))
 
 
 def test_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(ModelLoadError, match="config.json is missing"):
+    with pytest.raises(ModelLoadError, match="config.json not found"):
         load_model(str(tmp_path))
 
 
-def test_missing_directory() -> None:
-    with pytest.raises(ModelLoadError, match="does not exist"):
+def test_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir"
+    with pytest.raises(ModelLoadError, match=re.escape(f"model directory '{missing}' not found")):
+        load_model(str(missing))
+    with pytest.raises(ModelLoadError, match="model directory .*no/such/model/dir.* not found"):
         load_model("./no/such/model/dir")
 
 
-def test_corrupt_weights_file_names_the_file(tmp_path: Path, saved_dir: Path) -> None:
-    (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
-    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage" * 10)
-    with pytest.raises(ModelLoadError, match="model.safetensors"):
-        load_model(str(tmp_path))
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file_and_directory_are_permission_denied(hf_copy: Path) -> None:
+    weights = hf_copy / "model.safetensors"
+    weights.chmod(0)
+    with pytest.raises(ModelLoadError) as excinfo:
+        load_model(str(hf_copy))
+    message = str(excinfo.value)
+    assert message.startswith(f"permission denied: cannot read {weights}")
+    assert f"uid {os.geteuid()}" in message and "No such file" not in message
+    hf_copy.chmod(0o300)  # enterable, not listable: a glob would silently find no weights
+    try:
+        with pytest.raises(ModelLoadError, match=re.escape(f"cannot list {hf_copy}")):
+            load_model(str(hf_copy))
+    finally:
+        hf_copy.chmod(0o700)
 
 
-def test_wrong_shape_names_the_tensor(tmp_path: Path, saved_dir: Path) -> None:
-    tensors = load_file(str(saved_dir / "model.safetensors"))
-    tensors["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(64, 100)
-    save_file(tensors, str(tmp_path / "model.safetensors"))
+@pytest.mark.parametrize("denied_by", ["open", "loader"])
+def test_unreadable_weights_file_even_as_root(
+    denied_by: str, hf_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`open`: the file cannot be opened, and safetensors calls that "No such file"."""
+    weights = hf_copy / "model.safetensors"
+    if denied_by == "open":
+        monkeypatch.setattr(os, "open", denied_for("open", weights))
+
+    def load_file(filename: str, device: str = "cpu") -> None:
+        if denied_by == "open":
+            raise FileNotFoundError(f"No such file or directory: {filename}")
+        raise PermissionError(13, "Permission denied", filename)
+
+    monkeypatch.setattr("safetensors.torch.load_file", load_file)
+    with pytest.raises(ModelLoadError) as excinfo:
+        load_model(str(hf_copy))
+    message = str(excinfo.value)
+    assert message.startswith(f"permission denied: cannot read {weights}")
+    assert f"uid {os.geteuid()}" in message and "No such file" not in message
+
+
+def test_unreadable_config_and_directory_even_as_root(
+    hf_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "listdir", denied_for("listdir", hf_copy))
+        with pytest.raises(
+            ModelLoadError, match=re.escape(f"permission denied: cannot list {hf_copy}")
+        ):
+            load_model(str(hf_copy))
+    config = hf_copy / "config.json"
+    real_read_text = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self == config:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(
+        ModelLoadError, match=re.escape(f"permission denied: cannot read {config} (")
+    ):
+        load_model(str(hf_copy))
+
+
+def test_dangling_weights_link_is_not_found(hf_copy: Path) -> None:
+    """As in an HF cache whose blob was deleted: the name is listed, the file is not there."""
+    weights = hf_copy / "model.safetensors"
+    weights.unlink()
+    weights.symlink_to(hf_copy / "blobs" / "gone")
+    with pytest.raises(ModelLoadError, match=re.escape(f"weights file not found: {weights}")):
+        load_model(str(hf_copy))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_safetensors_names_file_and_reason(damage: str, hf_copy: Path) -> None:
+    weights = hf_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 10)
+    prefix = re.escape(f"could not read weights from {weights}: ")
+    with pytest.raises(ModelLoadError, match=prefix + "Error while deserializing header"):
+        load_model(str(hf_copy))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_bin_is_one_line_naming_the_file(
+    damage: str, tmp_path: Path, saved_dir: Path
+) -> None:
     (tmp_path / "config.json").write_text((saved_dir / "config.json").read_text())
-    with pytest.raises(ModelLoadError, match=r"h\.1\.mlp\.c_fc\.weight.*\(64, 100\)"):
+    bin_file = tmp_path / "pytorch_model.bin"
+    torch.save(load_file(str(saved_dir / "model.safetensors")), bin_file)
+    data = bin_file.read_bytes()
+    bin_file.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"garbage" * 10)
+    with pytest.raises(ModelLoadError) as excinfo:
         load_model(str(tmp_path))
+    message = str(excinfo.value)
+    assert message.startswith(f"could not read weights from {bin_file}: ")
+    assert "\n" not in message and len(message) < 400
+    assert "Weights only load failed" not in message  # torch's advice, not the reason
+
+
+def test_wrong_shape_names_tensor_file_and_both_shapes(hf_copy: Path) -> None:
+    weights = hf_copy / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["transformer.h.1.mlp.c_fc.weight"] = torch.zeros(64, 100)  # Conv1D: [in, 4 * in]
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    expected = (
+        f"wrong shape for tensor 'transformer.h.1.mlp.c_fc.weight' in {weights}: "
+        "found (64, 100), expected (64, 256)"
+    )
+    with pytest.raises(ModelLoadError, match=re.escape(expected)):
+        load_model(str(hf_copy))
 
 
 def test_missing_tensor_is_named(tmp_path: Path, saved_dir: Path) -> None:
@@ -142,8 +262,26 @@ def test_offline_hub_id_without_cache_is_a_clear_error(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelLoadError, match="not in the local HF cache"):
+    with pytest.raises(ModelLoadError) as excinfo:
         load_model("openai-community/gpt2")
+    message = str(excinfo.value)
+    assert "neither a local directory nor downloadable" in message
+    assert "not in the local HF cache" in message and "\n" not in message
+
+
+def test_unreachable_hub_says_what_the_hub_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        error = LocalEntryNotFoundError("An error happened while trying to locate the files.")
+        raise error from ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", no_network)
+    with pytest.raises(ModelLoadError) as excinfo:
+        load_model("someone/gpt2-finetune")
+    message = str(excinfo.value)
+    assert message.startswith("'someone/gpt2-finetune' is neither a local directory nor down")
+    assert "Name or service not known" in message and "\n" not in message
 
 
 def test_offline_hub_id_loads_from_hf_cache(

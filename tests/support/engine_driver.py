@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from gpt2serve.server.core.messages import RequestOutput, SchedulerOutput
@@ -48,3 +50,14 @@ def record_schedules(engine: Engine) -> list[SchedulerOutput]:
 
     engine.scheduler.schedule = recording  # type: ignore[method-assign]
     return recorded
+
+
+def slow_steps(engine: Engine, seconds: float) -> None:
+    """Make every engine step take at least `seconds`, so timing-dependent tests are not."""
+    real_execute = engine.runner.execute
+
+    def execute(scheduler_output):
+        time.sleep(seconds)
+        return real_execute(scheduler_output)
+
+    engine.runner.execute = execute

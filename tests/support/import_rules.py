@@ -37,7 +37,7 @@ LAYERS: dict[str, Layer] = {
     f"{G}.acceptance": Layer((G,)),
     S: Layer((S,)),  # server/__init__.py
     f"{S}.config": Layer(()),
-    f"{S}.cli": Layer((f"{S}.cli", f"{S}.config", f"{S}.api")),
+    f"{S}.cli": Layer((f"{S}.cli", f"{S}.config", f"{S}.api", f"{S}.engine")),
     f"{S}.core": Layer((f"{S}.core", f"{G}.model.tokenizer"), ("torch", "triton", *WEB)),
     f"{S}.worker": Layer((f"{S}.core", f"{S}.worker", f"{G}.model", f"{G}.kernels"), WEB),
     f"{S}.engine": Layer(

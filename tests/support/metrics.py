@@ -32,3 +32,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def bucket(base_url: str, histogram: str, le: str) -> float:
+    """Cumulative count of histogram `histogram` (full name, no suffix) in bucket `le`."""
+    return value(base_url, f"{histogram}_bucket", le=le)
+
+
+def histogram_state(base_url: str, histogram: str) -> tuple[float, float]:
+    """`(count, sum)` of histogram `histogram` (full name, no suffix), from one scrape."""
+    found = {s.name: s.value for s in samples(base_url) if s.name.startswith(histogram)}
+    return found.get(f"{histogram}_count", 0.0), found.get(f"{histogram}_sum", 0.0)
