@@ -151,39 +151,28 @@ _CHAT_CHUNK_CHOICE = object_schema(
     }
 )
 
+
+def _response(obj: str, choice: Schema) -> Schema:
+    """A whole (non-streamed) completion or chat response."""
+    choices = {"type": "array", "items": choice}
+    return object_schema({**_response_base(obj), "choices": choices, "usage": ref("Usage")})
+
+
+def _chunk(obj: str, choice: Schema) -> Schema:
+    """One streamed chunk; with stream_options.include_usage every chunk carries `usage` (null
+    until the last, which has no choices)."""
+    choices = {"type": "array", "items": choice}
+    return object_schema({**_response_base(obj), "choices": choices},
+                         {"usage": nullable(ref("Usage"))})  # fmt: skip
+
+
 RESPONSE_SCHEMAS: dict[str, Schema] = {
     "ErrorResponse": ERROR_RESPONSE,
     "Usage": _USAGE,
-    "CompletionResponse": object_schema(
-        {
-            **_response_base("text_completion"),
-            "choices": {"type": "array", "items": _COMPLETION_CHOICE},
-            "usage": ref("Usage"),
-        }
-    ),
-    # One streamed chunk; with stream_options.include_usage every chunk carries `usage` (null
-    # until the last, which has no choices).
-    "CompletionChunk": object_schema(
-        {
-            **_response_base("text_completion"),
-            "choices": {"type": "array", "items": _COMPLETION_CHUNK_CHOICE},
-        },
-        {"usage": nullable(ref("Usage"))},
-    ),
-    "ChatCompletionResponse": object_schema(
-        {
-            **_response_base("chat.completion"),
-            "choices": {"type": "array", "items": _CHAT_CHOICE},
-            "usage": ref("Usage"),
-        }
-    ),
-    "ChatCompletionChunk": object_schema(
-        {
-            **_response_base("chat.completion.chunk"),
-            "choices": {"type": "array", "items": _CHAT_CHUNK_CHOICE},
-        },
-        {"usage": nullable(ref("Usage"))},
-    ),
+    "CompletionResponse": _response("text_completion", _COMPLETION_CHOICE),
+    "CompletionChunk": _chunk("text_completion", _COMPLETION_CHUNK_CHOICE),
+    "ChatCompletionResponse": _response("chat.completion", _CHAT_CHOICE),
+    "ChatCompletionChunk": _chunk("chat.completion.chunk", _CHAT_CHUNK_CHOICE),
     "Model": object_schema(
         {
             "id": STRING,

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from gpt2serve.server.engine.engine import Engine, EngineConfig
-from support.engine_driver import slow_steps
+from support.engine_driver import all_blocks_free, slow_steps
 from support.http_server import free_port, running_server
 from support.metrics import value, wait_until
 
@@ -46,14 +46,6 @@ def test_disconnect_mid_stream_frees_everything(tiny_model, tokenizer) -> None:
         assert metric(url, "num_requests_running") == 0
         assert metric(url, "kv_cache_usage_perc") == 0
         assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
-
-
-def all_blocks_free(engine: Engine) -> bool:
-    manager = engine.block_manager
-    return (
-        not engine.has_unfinished_requests()
-        and manager.num_free_blocks == manager.num_usable_blocks
-    )
 
 
 def test_non_streamed_disconnect_aborts_quietly(tiny_model, tokenizer, caplog) -> None:

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from gpt2serve.server.engine.engine import Engine, EngineConfig
-from support.engine_driver import slow_steps
+from support.engine_driver import all_blocks_free, slow_steps
 from support.http_server import running_server
 from support.metrics import wait_until
 
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.reliability
 
 def engine_is_idle(engine: Engine, app) -> bool:
     """Nothing running or waiting, every KV block free, no admission slot held."""
-    manager = engine.block_manager
-    return (
-        not engine.has_unfinished_requests()
-        and manager.num_free_blocks == manager.num_usable_blocks
-        and app.state.ctx.num_open_sequences == 0
-    )
+    return all_blocks_free(engine) and app.state.ctx.num_open_sequences == 0
 
 
 async def cut_stream(client: httpx.AsyncClient, url: str, rng: random.Random) -> int:

@@ -61,3 +61,12 @@ def slow_steps(engine: Engine, seconds: float) -> None:
         return real_execute(scheduler_output)
 
     engine.runner.execute = execute
+
+
+def all_blocks_free(engine: Engine) -> bool:
+    """Nothing running or waiting, and every KV block back on the free list."""
+    manager = engine.block_manager
+    return (
+        not engine.has_unfinished_requests()
+        and manager.num_free_blocks == manager.num_usable_blocks
+    )
