@@ -26,7 +26,12 @@ class ServerSettings(BaseSettings):
     kv_cache_gb: float = Field(2.0, gt=0, description="KV cache size on CPU, in GiB")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(256, ge=1)
-    max_num_batched_tokens: int = Field(2048, ge=16)
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=16,
+        description="tokens per engine step, long prompts chunked to fit (default: 2048 on GPU; "
+        "on CPU sized to the model so a long prompt stalls running streams well under 1 s)",
+    )
     max_model_len: int | None = Field(None, ge=2, description="default: the model's n_positions")
     max_waiting_requests: int = Field(
         1024, ge=1, description="sequences admitted but not running; beyond it: 503 + Retry-After"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,10 @@ MAX_EXPONENT = 1024
 
 
 DEFAULT_CHAT_STOP = ("\nUser:",)
+
+# A template file declares its own turn stops in a comment, which renders as nothing:
+#   {# gpt2serve: {"stop": ["\n### Human:"]} #}
+_METADATA_COMMENT = re.compile(r"\{#-?\s*gpt2serve:(.*?)-?#\}", re.DOTALL)
 
 
 class ChatTemplateError(ValueError):
@@ -73,12 +79,15 @@ class ChatTemplate:
 
     def __init__(self, source: str = DEFAULT_CHAT_TEMPLATE, stop: list[str] | None = None) -> None:
         # The strings that end the assistant's turn (added to every chat request's stop, not
-        # shown to the client): the built-in transcript's next "User:" line by default.
-        self.stop = (
-            list(stop)
-            if stop is not None
-            else (list(DEFAULT_CHAT_STOP) if source == DEFAULT_CHAT_TEMPLATE else [])
-        )
+        # shown to the client): the caller's (--chat-template-stop), else the template's own
+        # metadata, else the built-in transcript's next "User:" line.
+        declared = template_stop_metadata(source)
+        if stop is not None:
+            self.stop = list(stop)
+        elif declared is not None:
+            self.stop = declared
+        else:
+            self.stop = list(DEFAULT_CHAT_STOP) if source == DEFAULT_CHAT_TEMPLATE else []
         env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = _raise
         try:
@@ -117,6 +126,24 @@ class ChatTemplate:
         if len(text) > MAX_RENDERED_CHARS:
             raise ChatTemplateError("chat template rendered a prompt over the size limit")
         return text
+
+
+def template_stop_metadata(source: str) -> list[str] | None:
+    """The stop strings a `{# gpt2serve: {"stop": [...]} #}` comment declares, or None."""
+    match = _METADATA_COMMENT.search(source)
+    if match is None:
+        return None
+    try:
+        metadata = json.loads(match.group(1))
+    except json.JSONDecodeError as exc:
+        raise ChatTemplateError(f"invalid gpt2serve metadata in chat template: {exc}") from exc
+    stop = metadata.get("stop") if isinstance(metadata, dict) else None
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise ChatTemplateError(
+            'chat template metadata must be {"stop": [non-empty strings]}, got '
+            f"{match.group(1).strip()[:200]}"
+        )
+    return stop
 
 
 def _budgeted_range(budget: int) -> Callable[..., range]:

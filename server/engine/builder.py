@@ -61,6 +61,24 @@ def configure_cpu_threads(requested: int | None) -> int:
     return threads
 
 
+GPU_BATCHED_TOKENS = 2048
+# Measured (docs/BENCHMARKS.md, "chunked-prefill budget on CPU"): gpt2 (124M) on 2 cores
+# prefills 256 tokens beside 3 streams in ~0.35 s and 512 in ~0.7 s, with the same TTFT for a
+# 1,000-token prompt. A step's cost grows with parameters x tokens, so the budget shrinks with
+# the model: 256 for gpt2, 64 for gpt2-medium, 32 for gpt2-large and gpt2-xl.
+CPU_TOKEN_PARAMETERS = 32e9  # budget x parameters per step
+CPU_BATCHED_TOKENS_RANGE = (32, 2048)
+
+
+def default_batched_tokens(device: torch.device, num_parameters: int) -> int:
+    """The per-step token budget when `--max-num-batched-tokens` is not given."""
+    if device.type != "cpu":
+        return GPU_BATCHED_TOKENS
+    low, high = CPU_BATCHED_TOKENS_RANGE
+    tokens = max(1, int(CPU_TOKEN_PARAMETERS / num_parameters))
+    return min(high, max(low, 1 << (tokens.bit_length() - 1)))  # a power of two, rounded down
+
+
 def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
     """Load everything and size the KV cache; logs what was loaded."""
     device = resolve_device(settings.device)
@@ -85,22 +103,26 @@ def build_engine(settings: ServerSettings) -> tuple[Engine, Tokenizer]:
         settings.model, shape.n_layer, shape.n_embd, shape.num_parameters / 1e6,
         device, str(dtype).removeprefix("torch."), time.monotonic() - started,
     )  # fmt: skip
+    batched_tokens = settings.max_num_batched_tokens or default_batched_tokens(
+        device, shape.num_parameters
+    )
     num_blocks = determine_num_blocks(
         model, settings.block_size, settings.num_kv_blocks, settings.kv_cache_gb,
-        settings.gpu_memory_utilization, settings.max_num_batched_tokens, settings.max_num_seqs,
+        settings.gpu_memory_utilization, batched_tokens, settings.max_num_seqs,
     )  # fmt: skip
     config = EngineConfig(
         block_size=settings.block_size,
         num_blocks=num_blocks,
         max_num_seqs=settings.max_num_seqs,
-        max_num_batched_tokens=settings.max_num_batched_tokens,
+        max_num_batched_tokens=batched_tokens,
         max_model_len=settings.max_model_len or model.config.n_positions,
         enable_prefix_caching=settings.enable_prefix_caching,
         decode_mode=DecodeMode.EAGER if settings.enforce_eager else DecodeMode.AUTO,
     )
     engine = Engine(model, tokenizer, config)
     logger.info(
-        "KV cache: %d blocks x %d tokens = %d tokens", num_blocks - 1, settings.block_size,
-        (num_blocks - 1) * settings.block_size,
+        "KV cache: %d blocks x %d tokens = %d tokens; up to %d tokens per step",
+        num_blocks - 1, settings.block_size, (num_blocks - 1) * settings.block_size,
+        batched_tokens,
     )  # fmt: skip
     return engine, tokenizer

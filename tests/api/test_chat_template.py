@@ -95,3 +95,22 @@ def test_templates_that_load_files_are_refused_up_front(source: str) -> None:
 def test_loops_within_the_budget_still_render() -> None:
     text = ChatTemplate("{% for i in range(3) %}{{ i }}{% endfor %}{{ 'ab' * 2 }}").render(MESSAGES)
     assert text == "012abab"
+
+
+def test_a_template_file_declares_its_turn_stops_in_a_comment(tmp_path: Path) -> None:
+    source = '{# gpt2serve: {"stop": ["\\n### Human:", "<END>"]} #}{{ messages[0].content }}'
+    path = tmp_path / "declared.jinja"
+    path.write_text(source)
+    template = ChatTemplate.from_file(path)
+    assert template.stop == ["\n### Human:", "<END>"]
+    assert template.render(MESSAGES) == "You are terse."  # the comment renders as nothing
+    assert ChatTemplate.from_file(path, stop=["X"]).stop == ["X"]  # --chat-template-stop wins
+    assert ChatTemplate.from_file(path, stop=[]).stop == []
+
+
+@pytest.mark.parametrize(
+    "metadata", ['{"stop": "one"}', '{"stop": [""]}', "{not json}", '["\\n"]', '{"stop": [1]}']
+)
+def test_bad_template_stop_metadata_is_a_clear_error(metadata: str) -> None:
+    with pytest.raises(ChatTemplateError, match="metadata"):
+        ChatTemplate("{# gpt2serve: " + metadata + " #}{{ messages }}")

@@ -143,3 +143,18 @@ def test_streamed_final_chunk_carries_stop_reason_like_vllm(base_url, path) -> N
     assert [(c["finish_reason"], c["stop_reason"]) for c in finals] == [("stop", PERIOD)]
     assert all(c["choices"][0]["stop_reason"] is None for c in chunks
                if not c["choices"][0]["finish_reason"])  # fmt: skip
+
+
+def test_stops_declared_by_a_template_file_end_the_turn_over_http(
+    tiny_model, tokenizer, tmp_path
+) -> None:
+    template = tmp_path / "declared.jinja"
+    template.write_text('{# gpt2serve: {"stop": ["."]} #}{% for m in messages %}{{ m.content }}'
+                        "{% endfor %}")  # fmt: skip
+    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64))
+    with running_server(engine, chat_template=str(template)) as (url, _):
+        body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5,
+                "logit_bias": {str(PERIOD): 100}}  # fmt: skip
+        choice = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).json()
+        assert choice["choices"][0]["message"]["content"] == ""
+        assert choice["choices"][0]["finish_reason"] == "stop"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from gpt2serve import kernels
+from gpt2serve.model.config import named_config
 from gpt2serve.server.config import ServerSettings
-from gpt2serve.server.engine.builder import build_engine
+from gpt2serve.server.engine.builder import build_engine, default_batched_tokens
 from gpt2serve.server.engine.engine import DecodeMode, Engine, EngineConfig
 
 
@@ -34,3 +36,25 @@ def test_settings_reach_the_engine() -> None:
 def test_decode_mode_must_be_the_enum(tiny_model, tokenizer) -> None:
     with pytest.raises(TypeError, match="DecodeMode"):
         Engine(tiny_model, tokenizer, EngineConfig(num_blocks=8, decode_mode="padded"))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [("gpt2", 256), ("gpt2-medium", 64), ("gpt2-large", 32), ("gpt2-xl", 32), ("tiny", 2048)],
+)
+def test_cpu_default_budget_chunks_long_prompts_by_model_size(size: str, expected: int) -> None:
+    # A 1,000-token prompt must be chunked on CPU: the old 2048 default exceeded the context, so
+    # a long prompt froze running streams for seconds (benchmarks/prefill_stall.py measures it).
+    params = named_config(size).num_parameters
+    assert default_batched_tokens(torch.device("cpu"), params) == expected
+    assert default_batched_tokens(torch.device("cuda"), params) == 2048  # GPU as before
+
+
+def test_unset_budget_resolves_per_device_and_explicit_wins() -> None:
+    auto, _ = build_engine(ServerSettings(model="random:tiny", device="cpu", num_kv_blocks=16))
+    assert auto.config.max_num_batched_tokens == default_batched_tokens(
+        torch.device("cpu"), auto.model.config.num_parameters
+    )
+    chosen = ServerSettings(model="random:tiny", device="cpu", num_kv_blocks=16,
+                            max_num_batched_tokens=48)  # fmt: skip
+    assert build_engine(chosen)[0].config.max_num_batched_tokens == 48
