@@ -18,6 +18,7 @@ __all__ = [
     "add_logit_bias",
     "apply_penalties",
     "chosen_logprobs",
+    "copy_blocks",
     "disable_triton",
     "paged_attention",
     "sample",
@@ -83,6 +84,20 @@ def write_kv_cache(
         triton_write(key, value, k_cache, v_cache, slot_mapping)
     else:
         reference.write_kv_cache(key, value, k_cache, v_cache, slot_mapping)
+
+
+def copy_blocks(
+    key_caches: list[torch.Tensor],  # n_layer x [num_blocks, block_size, n_head, head_dim]
+    value_caches: list[torch.Tensor],  # n_layer x [num_blocks, block_size, n_head, head_dim]
+    block_mapping: torch.Tensor,  # [num_pairs, 2] int64: (src_block, dst_block)
+) -> None:
+    """Copy-on-write: copy each src block onto its dst block in every layer's K/V cache."""
+    if triton_enabled(key_caches[0].device):
+        from gpt2serve.kernels.block_copy import copy_blocks_triton
+
+        copy_blocks_triton(key_caches, value_caches, block_mapping)
+    else:
+        reference.copy_blocks(key_caches, value_caches, block_mapping)
 
 
 def paged_attention(

@@ -29,6 +29,18 @@ def write_kv_cache(
         flat_v.index_copy_(0, slots, value[valid].to(v_cache.dtype))
 
 
+def copy_blocks(
+    key_caches: list[torch.Tensor],  # n_layer x [num_blocks, block_size, n_head, head_dim]
+    value_caches: list[torch.Tensor],  # n_layer x [num_blocks, block_size, n_head, head_dim]
+    block_mapping: torch.Tensor,  # [num_pairs, 2] int64: (src_block, dst_block)
+) -> None:
+    """Copy block `src` onto block `dst` of every layer's K and V cache, in place."""
+    for cache in (*key_caches, *value_caches):
+        pairs = block_mapping.to(device=cache.device, dtype=torch.int64)  # [num_pairs, 2]
+        # index_select gathers every source before any write, so a src may feed several dsts.
+        cache.index_copy_(0, pairs[:, 1], cache.index_select(0, pairs[:, 0]))
+
+
 def _gather_context(
     cache: torch.Tensor,  # [num_blocks, block_size, n_head, head_dim]
     block_table: torch.Tensor,  # [num_seqs, max_blocks_per_seq] int32/int64

@@ -11,7 +11,7 @@ import torch
 from gpt2serve.model.config import named_config
 from gpt2serve.model.gpt2 import GPT2LMHeadModel
 from gpt2serve.model.tokenizer import Tokenizer
-from gpt2serve.model.weights import load_model, random_model
+from gpt2serve.model.weights import load_model, random_model, save_hf_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
@@ -64,6 +64,15 @@ def hf_saved_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def hf_saved_model(hf_saved_model_dir: Path) -> GPT2LMHeadModel:
     """The HF-saved random model, loaded through our own `load_model(dir)`."""
     return load_model(str(hf_saved_model_dir))
+
+
+@pytest.fixture(scope="session")
+def hf_tiny(tiny_model: GPT2LMHeadModel, tmp_path_factory: pytest.TempPathFactory):
+    """`tiny_model`'s weights in `transformers.GPT2LMHeadModel` (the reference for parity)."""
+    transformers = pytest.importorskip("transformers")
+    model_dir = tmp_path_factory.mktemp("hf_tiny")
+    save_hf_checkpoint(tiny_model, model_dir)
+    return transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -162,6 +162,7 @@ def _document_sampling_fields(body: Schema, limits: DocumentedLimits) -> None:
     _set(
         properties, "seed", nullable({"type": "integer", "minimum": 0, "maximum": bounds.MAX_SEED})
     )
+    _document_beam_search(properties)
     _set(
         properties,
         "logit_bias",
@@ -177,6 +178,26 @@ def _document_sampling_fields(body: Schema, limits: DocumentedLimits) -> None:
                 },
             }
         ),
+    )
+
+
+def _document_beam_search(properties: dict[str, Any]) -> None:
+    best_of = {"type": "integer", "minimum": 1, "maximum": bounds.MAX_BEAM_WIDTH}
+    best_of["description"] = (
+        "With use_beam_search: the beam width (>= n; default n). Without: must equal n."
+    )
+    _set(properties, "best_of", nullable(best_of))
+    _set(
+        properties,
+        "early_stopping",
+        {
+            "anyOf": [{"type": "boolean"}, {"const": "never"}, {"type": "null"}],
+            "description": "Beam search only (Hugging Face's semantics).",
+        },
+    )
+    properties["use_beam_search"]["description"] = (
+        "vLLM's beam search: temperature, top_p, top_k, min_p and logprobs must be left out; "
+        "length_penalty and early_stopping apply only with it."
     )
 
 
@@ -221,18 +242,10 @@ def _document_completion(body: Schema, limits: DocumentedLimits) -> None:
             },
         ]
     }
-    n_max = properties["n"]["maximum"]
-    _set(
-        properties,
-        "best_of",
-        nullable(
-            {"type": "integer", "minimum": 1, "maximum": n_max, "description": "Must equal n."}
-        ),
-    )
     _set(properties, "suffix", {"type": "null", "description": "Not supported."})
     body["description"] = _cross_field_rules(
         "`POST /v1/completions` body.",
-        "min_tokens <= max_tokens; best_of == n; prompts x n <= "
+        "min_tokens <= max_tokens; prompts x n (x best_of with beam search) <= "
         f"{limits.max_sequences_per_request}; each prompt's tokens + max_tokens",
         limits,
     )

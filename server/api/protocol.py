@@ -25,6 +25,13 @@ def _number_only(value: Any) -> Any:
     return value
 
 
+def _early_stopping_value(value: Any) -> Any:
+    """HF's early_stopping: true, false or "never" (a union's errors would name its branches)."""
+    if value is not None and not bounds.is_early_stopping_value(value):
+        raise ValueError(f'must be true, false or "never", got {value!r}')
+    return value
+
+
 # Outside the union and after any Field, so the JSON schema keeps its bounds as they were.
 NUMBER = BeforeValidator(_number_only)
 Int = Annotated[int, NUMBER]
@@ -48,12 +55,9 @@ HF_GENERATE_FIELDS = {
     "num_return_sequences": "n",
     "eos_token_id": "stop_token_ids",
     "typical_p": "top_p or min_p (typical sampling is not supported)",
-    "num_beams": "n with sampling (beam search is not supported yet)",
-    "use_beam_search": "n with sampling (beam search is not supported yet)",
-    "length_penalty": "nothing: it applies to beam search, which is not supported yet",
-    "early_stopping": "nothing: it applies to beam search, which is not supported yet",
-    "num_beam_groups": "nothing: beam search is not supported yet",
-    "diversity_penalty": "nothing: beam search is not supported yet",
+    "num_beams": "use_beam_search: true with best_of (the beam width; n = how many to return)",
+    "num_beam_groups": "nothing: group (diverse) beam search is not supported",
+    "diversity_penalty": "nothing: group (diverse) beam search is not supported",
     "epsilon_cutoff": "min_p",
     "eta_cutoff": "min_p",
     "penalty_alpha": "nothing: contrastive search is not supported",
@@ -131,6 +135,13 @@ class SamplingFields(OpenAIModel):
     skip_special_tokens: StrictBool = True
     spaces_between_special_tokens: StrictBool = True
     split_special_tokens: StrictBool = False
+    # vLLM's beam search: best_of beams (default n), the n best returned, HF's scoring rules.
+    use_beam_search: StrictBool = False
+    best_of: Annotated[int | None, NUMBER] = bounded(bounds.BEST_OF)
+    length_penalty: Annotated[float | None, NUMBER] = bounded(bounds.LENGTH_PENALTY)
+    early_stopping: Annotated[
+        StrictBool | Literal["never"] | None, BeforeValidator(_early_stopping_value)
+    ] = None
 
     @model_validator(mode="after")
     def _check_rules_that_need_code(self) -> SamplingFields:
@@ -165,6 +176,8 @@ class SamplingFields(OpenAIModel):
                 "presence_penalty",
                 "frequency_penalty",
                 "no_repeat_ngram_size",
+                "length_penalty",
+                "early_stopping",
             )
             if getattr(self, name) is not None
         }
@@ -182,8 +195,15 @@ class SamplingFields(OpenAIModel):
             include_stop_str_in_output=self.include_stop_str_in_output,
             turn_stop=list(turn_stop or []),
             skip_special_tokens=self.skip_special_tokens,
+            use_beam_search=self.use_beam_search,
+            best_of=self.best_of,
             **given,
         )
+
+    @property
+    def num_sequences(self) -> int:
+        """Sequences one prompt runs: the beams of a beam search, else the n choices."""
+        return (self.best_of or self.n) if self.use_beam_search else self.n
 
     @property
     def include_usage(self) -> bool:
@@ -200,7 +220,6 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     logprobs: Annotated[int | None, NUMBER] = bounded(bounds.LOGPROBS)
     prompt_logprobs: Annotated[int | None, NUMBER] = bounded(bounds.LOGPROBS)  # vLLM's extension
-    best_of: Annotated[int | None, NUMBER] = None
     suffix: str | None = None
 
 

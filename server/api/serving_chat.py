@@ -56,7 +56,7 @@ async def create_chat_completion(
         body, [prompt], max_tokens, num_logprobs, turn_stop=ctx.chat_template.stop
     )
     job = _ChatJob(ctx, body, request)
-    admission = ctx.admit(request.params.n)
+    admission = ctx.admit(body.num_sequences)
     if body.stream:
         return AdmittedStreamingResponse(guarded_sse(ctx, job.events()), admission)
     return await collected_response(job.collect(), http, admission)

@@ -48,8 +48,6 @@ def _is_prompt_list(prompt: Any) -> bool:
 def _check_unsupported(body: CompletionRequest) -> None:
     if body.suffix is not None:
         raise APIError(400, "suffix is not supported by this server", "suffix")
-    if body.best_of is not None and body.best_of != body.n:
-        raise APIError(400, "best_of is not supported by this server (use n)", "best_of")
 
 
 def engine_prompt_logprobs(body: CompletionRequest) -> int | None:
@@ -73,7 +71,7 @@ async def create_completion(
     # Counted before any tokenizing: a list of 16,384 prompts is refused, not encoded first.
     num_prompts = len(body.prompt) if _is_prompt_list(body.prompt) else 1
     ctx.check_num_prompts(num_prompts)
-    ctx.check_num_sequences(num_prompts * body.n)
+    ctx.check_num_sequences(num_prompts * body.num_sequences)
     prompts = prompt_token_lists(ctx, body.prompt, body.split_special_tokens)
     # Left out, max_tokens is OpenAI's 16 (the body's default), or the server's limit if lower.
     given = "max_tokens" in body.model_fields_set or body.max_tokens is None
@@ -82,7 +80,7 @@ async def create_completion(
         body, prompts, max_tokens, body.logprobs, engine_prompt_logprobs(body)
     )
     job = _CompletionJob(ctx, body, requests)
-    admission = ctx.admit(len(requests) * job.params.n)
+    admission = ctx.admit(len(requests) * body.num_sequences)
     if body.stream:
         return AdmittedStreamingResponse(guarded_sse(ctx, job.events()), admission)
     return await collected_response(job.collect(), http, admission)

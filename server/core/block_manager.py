@@ -60,6 +60,8 @@ class BlockManager:
         # parent key or token ids differ (a key collision) is a miss.
         self._block_key_input: dict[int, tuple[bytes, tuple[int, ...]]] = {}
         self._request_hashes: dict[str, list[bytes]] = {}
+        # Copy-on-write (src, dst) pairs decided by `allocate` since the last `take_copies`.
+        self._pending_copies: list[tuple[int, int]] = []
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -117,11 +119,25 @@ class BlockManager:
         num_blocks_total = -(-total_tokens // self.block_size)
         return max(0, num_blocks_total - len(request.block_ids) - num_computed_blocks)
 
+    def _shared_tail_index(self, request: Request, num_new_tokens: int) -> int | None:
+        """The block this step writes into that another beam also holds, if any.
+
+        Only a partly filled last block can be shared and written: full blocks are never
+        written again, and ordinary requests share full blocks only.
+        """
+        start = request.num_computed_tokens
+        index = start // self.block_size
+        if num_new_tokens == 0 or start % self.block_size == 0 or index >= len(request.block_ids):
+            return None
+        return index if self.ref_counts[request.block_ids[index]] > 1 else None
+
     def can_allocate(
         self, request: Request, num_new_tokens: int, computed_block_ids: list[int] | tuple = ()
     ) -> bool:
         """Whether `allocate` would succeed now."""
         needed = self._num_needed(request, num_new_tokens, len(computed_block_ids))
+        if not computed_block_ids and self._shared_tail_index(request, num_new_tokens) is not None:
+            needed += 1  # the copy of the shared block
         reused_evictable = sum(1 for b in computed_block_ids if b in self._evictable)
         return needed <= self.num_free_blocks - reused_evictable
 
@@ -136,6 +152,12 @@ class BlockManager:
         if not self.can_allocate(request, num_new_tokens, computed_block_ids):
             return False
         num_needed = self._num_needed(request, num_new_tokens, len(computed_block_ids))
+        shared = None if computed_block_ids else self._shared_tail_index(request, num_new_tokens)
+        if shared is not None:  # copy-on-write: this beam gets its own copy to append into
+            source = request.block_ids[shared]
+            request.block_ids[shared] = self._pop_free_block()
+            self.ref_counts[source] -= 1  # still held by the beam it was shared with
+            self._pending_copies.append((source, request.block_ids[shared]))
         for block in computed_block_ids:
             self._take_ref(block)
         request.block_ids.extend(computed_block_ids)
@@ -147,6 +169,21 @@ class BlockManager:
             start = request.num_computed_tokens
         self._register_full_blocks(request, start + num_new_tokens)
         return True
+
+    def fork(self, parent: Request, child: Request) -> None:
+        """Give `child` (a beam forked from `parent`) the parent's blocks, shared by reference."""
+        if child.block_ids:
+            raise ValueError(f"request {child.request_id!r} already holds blocks")
+        for block in parent.block_ids:
+            self._take_ref(block)
+        child.block_ids = list(parent.block_ids)
+        if parent.request_id in self._request_hashes:
+            self._request_hashes[child.request_id] = list(self._request_hashes[parent.request_id])
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        """The (src, dst) block copies to run before this step's forward pass; clears them."""
+        copies, self._pending_copies = self._pending_copies, []
+        return copies
 
     def free(self, request: Request) -> None:
         """Release every block of the request; tail blocks become the first to be evicted."""

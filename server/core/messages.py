@@ -28,6 +28,8 @@ class SchedulerOutput:
     scheduled: list[ScheduledRequest] = field(default_factory=list)
     num_batched_tokens: int = 0
     preempted_request_ids: list[str] = field(default_factory=list)
+    # Copy-on-write of beams' shared blocks: (src, dst), run before the forward pass.
+    block_copies: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def sampling_requests(self) -> list[ScheduledRequest]:
@@ -62,10 +64,13 @@ class PromptLogprobsChunk:
 class RunnerOutput:
     """One entry per sampling request, in `SchedulerOutput.sampling_requests` order."""
 
-    sampled_token_ids: list[int]
+    sampled_token_ids: list[int]  # -1 for a beam, which samples nothing
     logprobs: list[TokenLogprobs | None]
     # Per request id: the prompt tokens this step scored, for requests that asked.
     prompt_logprobs: dict[str, PromptLogprobsChunk] = field(default_factory=dict)
+    # Per beam's request id: its best (token id, beam score + processed logprob) continuations,
+    # highest first, as many as the group keeps (2 x beam width).
+    beam_candidates: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,6 +90,8 @@ class RequestOutput:
     # With the first output of a request that asked: entry i is prompt token i's logprobs given
     # the tokens before it; entry 0 is None (nothing precedes the first token).
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # Beam search: the sequence's length-penalised score (HF's `sequences_scores`).
+    beam_score: float | None = None
 
 
 @dataclass

@@ -59,6 +59,31 @@ class Request:
         self.num_cached_tokens = 0  # prefix-cache hit tokens, set at first admission
         self.num_preemptions = 0
         self.stop_reason: int | str | None = None
+        # Beam search: the beam's running score (sum of processed logprobs, fp32), None for an
+        # ordinary request. A beam samples no token: its step yields candidates for the group.
+        self.beam_score: float | None = None
+
+    @property
+    def is_beam(self) -> bool:
+        """Whether this sequence is one beam of a beam-search group."""
+        return self.beam_score is not None
+
+    def fork(self, request_id: str, token_id: int, beam_score: float) -> Request:
+        """A child beam: this sequence plus `token_id`, its K/V computed as far as ours.
+
+        Blocks are not copied here: `BlockManager.fork` shares them.
+        """
+        child = Request(
+            request_id, self.prompt_token_ids, self.sampling_params, self.arrival_time,
+            self.eos_token_id, self.max_model_len,
+        )  # fmt: skip
+        child.output_token_ids = [*self.output_token_ids, token_id]
+        child.all_token_ids = [*self.all_token_ids, token_id]
+        child.num_computed_tokens = self.num_computed_tokens
+        child.status = self.status
+        child.num_cached_tokens = self.num_cached_tokens
+        child.beam_score = beam_score
+        return child
 
     @property
     def num_tokens(self) -> int:

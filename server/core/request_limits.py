@@ -60,7 +60,19 @@ class RequestLimits:
         check_token_ids("logit_bias", list(params.logit_bias), self.vocab_size)
         check_token_ids("stop_token_ids", params.stop_token_ids, self.vocab_size)
         self._check_capacity(len(prompt_token_ids), params.max_tokens)
+        if params.is_beam_search:
+            self._check_beam_capacity(len(prompt_token_ids) + params.max_tokens, params.beam_width)
         return CheckedRequest(list(prompt_token_ids), params)
+
+    def _check_beam_capacity(self, total: int, width: int) -> None:
+        """Beams share their prompt's blocks, but a preempted beam recomputes into blocks of
+        its own: the group must fit the cache even then, or it could wait forever."""
+        if width * total > self.num_cache_tokens:
+            raise InvalidRequestError(
+                f"{width} beams x {total} tokens do not fit the whole KV cache "
+                f"({self.num_cache_tokens} tokens); lower best_of or max_tokens",
+                "best_of",
+            )
 
     def _check_capacity(self, num_prompt_tokens: int, max_tokens: int) -> None:
         """Prompt + max_tokens must fit the context and the whole KV cache."""

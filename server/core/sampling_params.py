@@ -43,6 +43,15 @@ MAX_LOGIT_BIAS = 1024
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LEN = 256
 MAX_STOP_TOKEN_IDS = 64
+# Beam search (vLLM's `use_beam_search`; `best_of` is the width, `n` how many are returned).
+MAX_BEAM_WIDTH = 16
+BEST_OF = Bound(1, MAX_BEAM_WIDTH)
+LENGTH_PENALTY = Bound(-10.0, 10.0)
+
+
+def is_early_stopping_value(value: object) -> bool:
+    """True, False or "never" (1 and 0 are not booleans here)."""
+    return isinstance(value, bool) or value == "never"
 
 
 def choice_seed(seed: int, index: int) -> int:
@@ -87,6 +96,12 @@ class SamplingParams:
     skip_special_tokens: bool = True
     # The chat template's end-of-turn strings: stop like `stop`, outside the client's limit.
     turn_stop: list[str] = field(default_factory=list)
+    # Beam search as Hugging Face `generate(num_beams=best_of, num_return_sequences=n,
+    # length_penalty=..., early_stopping=...)` does it; best_of None means n beams.
+    use_beam_search: bool = False
+    best_of: int | None = None
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
 
     def __post_init__(self) -> None:
         # Normalize the spellings the API allows before validating one canonical form.
@@ -117,6 +132,54 @@ class SamplingParams:
         if self.prompt_logprobs is not None:
             check_int("prompt_logprobs", self.prompt_logprobs, LOGPROBS)
         self.logit_bias = normalized_logit_bias(self.logit_bias, MAX_LOGIT_BIAS, LOGIT_BIAS_VALUE)
+        self._validate_beam_search()
+
+    def _validate_beam_search(self) -> None:
+        check_bool("use_beam_search", self.use_beam_search)
+        check_range("length_penalty", self.length_penalty, LENGTH_PENALTY)
+        check(
+            is_early_stopping_value(self.early_stopping),
+            "early_stopping",
+            f'early_stopping must be true, false or "never", got {self.early_stopping!r}',
+        )
+        if self.best_of is not None:
+            check_int("best_of", self.best_of, BEST_OF)
+            check(self.best_of >= self.n, "best_of", f"best_of ({self.best_of}) must be >= n")
+        if not self.use_beam_search:
+            for name, default in (("length_penalty", 1.0), ("early_stopping", False)):
+                check(
+                    getattr(self, name) == default,
+                    name,
+                    f"{name} applies to beam search only: send use_beam_search: true with it",
+                )
+            check(
+                self.best_of in (None, self.n),
+                "best_of",
+                "best_of other than n needs use_beam_search: true (it is the beam width)",
+            )
+            return
+        # Hugging Face beam search without do_sample: nothing is drawn, so a sampling control
+        # would be silently ignored; refuse it instead.
+        for name, off in (("temperature", (0.0, 1.0)), ("top_p", (1.0,)), ("top_k", (0,)),
+                          ("min_p", (0.0,))):  # fmt: skip
+            check(
+                getattr(self, name) in off,
+                name,
+                f"beam search does not sample: {name} must be left out with use_beam_search",
+            )
+        for name in ("logprobs", "prompt_logprobs"):
+            check(getattr(self, name) is None, name, f"{name} is not supported with beam search")
+        self.temperature = 0.0  # one beam is greedy search, as Hugging Face's num_beams=1
+
+    @property
+    def beam_width(self) -> int:
+        """Beams searched: best_of, else n."""
+        return self.best_of or self.n
+
+    @property
+    def is_beam_search(self) -> bool:
+        """Whether the engine runs a beam group (one beam is plain greedy search, as in HF)."""
+        return self.use_beam_search and self.beam_width > 1
 
     def _validate_lengths(self) -> None:
         # Scoring a prompt (lm-eval's echo + max_tokens=0) generates nothing: the request

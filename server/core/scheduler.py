@@ -85,8 +85,22 @@ class Scheduler:
         budget = self._schedule_running(output, budget)
         if not output.preempted_request_ids:
             self._admit_waiting(output, budget)
+        if output.is_empty and self.waiting and self.running:
+            self._unblock_waiting(output)
         output.num_batched_tokens = sum(s.num_new_tokens for s in output.scheduled)
+        output.block_copies = self.block_manager.take_copies()
         return output
+
+    def _unblock_waiting(self, output: SchedulerOutput) -> None:
+        """Nothing ran: every running request is a beam waiting for its group's other beams,
+        which wait for blocks those beams hold. Preempt the idle beams behind the queue's head,
+        so the head (a preempted sibling, or the oldest request) gets their blocks."""
+        head = self.waiting.popleft()
+        for request in reversed(self.running):
+            self._preempt(request, output)
+        self.running.clear()
+        self.waiting.appendleft(head)
+        self._admit_waiting(output, self.max_num_batched_tokens)
 
     def _schedule_running(self, output: SchedulerOutput, budget: int) -> int:
         index = 0
@@ -136,6 +150,29 @@ class Scheduler:
         sample = computed + num_new == request.num_tokens and request.sampling_params.max_tokens > 0
         return ScheduledRequest(request, num_new, computed, sample)
 
+    def replace_beams(self, parents: list[Request], forks: list[tuple[Request, Request]]) -> None:
+        """A beam group's step: each (parent, child) fork's child takes the parents' places.
+
+        Children share their parent's blocks (copied on write when they append); the parents
+        are dropped, so a block only they held is freed.
+        """
+        parent_ids = {p.request_id for p in parents}
+        positions = [i for i, r in enumerate(self.running) if r.request_id in parent_ids]
+        if len(positions) != len(parents):
+            raise ValueError("every parent beam must be running")
+        for parent, child in forks:
+            if parent.request_id not in parent_ids or child.request_id in self.requests:
+                raise ValueError(f"bad beam fork {parent.request_id!r} -> {child.request_id!r}")
+            self.block_manager.fork(parent, child)
+            self.requests[child.request_id] = child
+        for parent in parents:
+            del self.requests[parent.request_id]
+            parent.status = RequestStatus.FINISHED_ABORTED
+            self.block_manager.free(parent)
+        kept = [r for r in self.running if r.request_id not in parent_ids]
+        children = [child for _, child in forks]
+        self.running = kept[: positions[0]] + children + kept[positions[0] :]
+
     def _preempt(self, request: Request, output: SchedulerOutput) -> None:
         """Free the request's blocks and requeue it at the head; its output is kept."""
         self.block_manager.free(request)
@@ -170,7 +207,9 @@ class Scheduler:
                 updated.append(request)
         for scheduled, token_id in zip(sampling, sampled_token_ids, strict=True):
             request = scheduled.request
-            if request.is_finished:  # aborted while the step ran: drop its token
+            # Aborted while the step ran: drop its token. A beam's continuation is chosen by
+            # its group (`replace_beams`), not appended here.
+            if request.is_finished or request.is_beam:
                 continue
             request.append_output_token(token_id)
             status = request.check_stop()

@@ -23,6 +23,7 @@ from gpt2serve.server.core.request_limits import CheckedRequest, InvalidRequestE
 from gpt2serve.server.core.sampling_params import choice_seed
 from gpt2serve.server.core.scheduler import Scheduler
 from gpt2serve.server.core.text_output import ChoiceText, TextDelta
+from gpt2serve.server.engine.beam_groups import BeamSearches
 from gpt2serve.server.worker.model_runner import ModelRunner
 
 
@@ -97,16 +98,24 @@ class Engine:
         )
         self._choices: dict[str, _Choice] = {}
         self._children: dict[str, list[str]] = {}
+        self.beam_searches = BeamSearches(self.scheduler, tokenizer, config.max_model_len)
         self.last_step_stats = StepStats()
 
     def add_request(
         self, request_id: str, request: CheckedRequest, arrival_time: float | None = None
     ) -> None:
         """Queue a request (checked by `request_limits.check`) as `n` choices sharing its prompt."""
-        if request_id in self._children:
+        if request_id in self._children or request_id in self.beam_searches:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_token_ids, params = request.prompt_token_ids, request.params
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        if params.is_beam_search:
+            root = Request(
+                f"{request_id}#beam0", list(prompt_token_ids), params, arrival_time=arrival,
+                eos_token_id=self.tokenizer.eos_token_id, max_model_len=self.config.max_model_len,
+            )  # fmt: skip
+            self.beam_searches.start(request_id, root)
+            return
         child_ids = []
         for index in range(params.n):
             # Siblings must differ, and a seeded request must still reproduce: a hash of
@@ -143,6 +152,8 @@ class Engine:
 
     def abort_request(self, request_id: str) -> None:
         """Drop a request (all its choices) wherever it is; its blocks are freed now."""
+        if self.beam_searches.abort(request_id):
+            return
         for child_id in self._children.pop(request_id, []):
             self.scheduler.abort_request(child_id)
             self._choices.pop(child_id, None)
@@ -154,6 +165,7 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, and turn the new tokens into output deltas."""
         scheduler_output = self.scheduler.schedule()
+        self.beam_searches.forget_preempted(scheduler_output.preempted_request_ids)
         self.last_step_stats = self._step_stats(scheduler_output)
         if scheduler_output.is_empty:
             return []
@@ -166,7 +178,8 @@ class Engine:
         }
         self._gather_prompt_logprobs(runner_output.prompt_logprobs)
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
-        return [self._make_output(r, logprobs_by_id.get(r.request_id)) for r in updated]
+        outputs = [self._make_output(r, logprobs_by_id.get(r.request_id)) for r in updated]
+        return outputs + self.beam_searches.on_candidates(runner_output.beam_candidates)
 
     def _gather_prompt_logprobs(self, chunks: dict[str, PromptLogprobsChunk]) -> None:
         """Append each request's newly scored prompt tokens to what earlier chunks scored."""

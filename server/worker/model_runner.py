@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt2serve import kernels
 from gpt2serve.model.attention import AttentionMetadata, build_attention_metadata
 from gpt2serve.model.gpt2 import GPT2LMHeadModel
 from gpt2serve.server.core.messages import RunnerOutput, ScheduledRequest, SchedulerOutput
@@ -59,6 +60,8 @@ class ModelRunner:
     def execute(self, scheduler_output: SchedulerOutput) -> RunnerOutput:
         """One forward pass over every scheduled token, then one sample per finished prompt."""
         scheduled = scheduler_output.scheduled
+        if scheduler_output.block_copies:  # copy-on-write before anything appends
+            self._copy_blocks(scheduler_output.block_copies)
         if not scheduled:
             return RunnerOutput([], [])
         # A one-token sampling step scores no prompt token (its position predicts the next
@@ -70,7 +73,9 @@ class ModelRunner:
                 [s.request.block_ids for s in scheduled],
             )  # [num_seqs, vocab]
             result = self.sampler(logits, [s.request for s in scheduled])
-            return RunnerOutput(result.token_ids, result.logprobs)
+            return RunnerOutput(
+                result.token_ids, result.logprobs, beam_candidates=result.beam_candidates
+            )
         inputs = self._prepare(scheduled)
         sampling = [s.request for s in scheduler_output.sampling_requests]
         return self._run(inputs, sampling)
@@ -112,7 +117,14 @@ class ModelRunner:
         index = torch.tensor(inputs.logits_indices, dtype=torch.int64, device=self.device)
         logits = self.model.compute_logits(hidden[index])  # [num_sample, vocab]
         result = self.sampler(logits, sampling)
-        return RunnerOutput(result.token_ids, result.logprobs, prompt_logprobs)
+        return RunnerOutput(
+            result.token_ids, result.logprobs, prompt_logprobs, result.beam_candidates
+        )
+
+    def _copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy each (src, dst) block in every layer's K and V cache."""
+        pairs = torch.tensor(copies, dtype=torch.int64, device=self.device)  # [num_pairs, 2]
+        kernels.copy_blocks(list(self.kv_cache[:, 0]), list(self.kv_cache[:, 1]), pairs)
 
     def _is_padded_decode(self, scheduled: list[ScheduledRequest]) -> bool:
         """Pure decode steps that fit the static buffers take the graph path."""

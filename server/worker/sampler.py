@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,6 +22,7 @@ class SamplerOutput:
 
     token_ids: list[int]
     logprobs: list[TokenLogprobs | None]
+    beam_candidates: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
 
 
 class Sampler:
@@ -41,6 +42,9 @@ class Sampler:
         `logits` may be modified in place: the caller does not read them afterwards.
         """
         params = [r.sampling_params for r in requests]
+        beam_rows = [i for i, r in enumerate(requests) if r.is_beam]
+        if beam_rows:  # before the sampling path below modifies `logits` in place
+            candidates = self.beam_candidates(logits[beam_rows], [requests[i] for i in beam_rows])
         raw_logits = logits
         if any(p.logprobs is not None for p in params):
             logits = logits.clone()  # logprobs are reported from the unmodified distribution
@@ -59,8 +63,36 @@ class Sampler:
         )  # [num_seqs] int64
         wanted = [p.logprobs for p in params]
         if all(w is None for w in wanted):
-            return SamplerOutput(token_ids.tolist(), [None] * len(requests))
-        return self._with_logprobs(raw_logits, token_ids, wanted)
+            output = SamplerOutput(token_ids.tolist(), [None] * len(requests))
+        else:
+            output = self._with_logprobs(raw_logits, token_ids, wanted)
+        if beam_rows:
+            output.beam_candidates = candidates
+            for row in beam_rows:
+                output.token_ids[row] = -1
+        return output
+
+    def beam_candidates(
+        self,
+        logits: torch.Tensor,  # [num_beams, vocab]: raw model output of beam rows
+        beams: Sequence[Request],
+    ) -> dict[str, list[tuple[int, float]]]:
+        """Each beam's best 2 x width continuations, scored as Hugging Face's beam search does:
+        log-softmax first, then logit bias, penalties and bans on the log-probabilities, then
+        the beam's running score added in float32."""
+        log_probs = torch.log_softmax(logits.float(), dim=-1)  # [num_beams, vocab]
+        self._apply_logit_bias(log_probs, beams)
+        self._apply_penalties(log_probs, beams)
+        self._apply_bans(log_probs, beams)
+        scores = log_probs + self._floats([b.beam_score for b in beams])[:, None]
+        widths = [2 * b.sampling_params.beam_width for b in beams]
+        values, ids = scores.topk(max(widths), dim=-1)  # [num_beams, max(widths)] each
+        rows = torch.cat([ids.double(), values.double()], dim=1).tolist()  # one host copy
+        num = max(widths)
+        return {
+            beam.request_id: list(zip(map(int, row[:width]), row[num : num + width], strict=True))
+            for beam, row, width in zip(beams, rows, widths, strict=True)
+        }
 
     def _top_k(self, top_k: int) -> int:
         """top_k at or beyond the vocabulary keeps everything: the same as off (0)."""

@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from gpt2serve.server.api.app import create_app
 from gpt2serve.server.api.errors import APIError
 from gpt2serve.server.api.protocol import ChatCompletionRequest, CompletionRequest
+from gpt2serve.server.api.serving_completions import engine_prompt_logprobs
 from gpt2serve.server.config import ServerSettings
+from gpt2serve.server.core.sampling_params import SamplingParamsError
 from gpt2serve.server.engine.engine import Engine, EngineConfig
 from support.http_server import running_server
 
@@ -89,6 +91,32 @@ def _prompt_tokens(ctx: Any, body: CompletionRequest | ChatCompletionRequest) ->
     return [ctx.encode(p) if isinstance(p, str) else p for p in prompt]
 
 
+# Fields whose values depend on use_beam_search (SamplingParams' beam rules; README).
+BEAM_RULE_FIELDS = {
+    *("use_beam_search", "best_of", "n", "length_penalty", "early_stopping"),
+    *("temperature", "top_p", "top_k", "min_p", "logprobs", "prompt_logprobs"),
+}
+
+
+def _asks_beam_rules(raw_body: Any) -> bool:
+    return isinstance(raw_body, dict) and any(
+        raw_body.get(name) is not None for name in ("use_beam_search", "best_of",
+                                                    "length_penalty", "early_stopping")
+    )  # fmt: skip
+
+
+def _broken_beam_logprobs(body: Any, max_tokens: int) -> set[str]:
+    if isinstance(body, CompletionRequest):
+        logprobs, prompt_logprobs = body.logprobs, engine_prompt_logprobs(body)
+    else:
+        logprobs, prompt_logprobs = (body.top_logprobs or 0) if body.logprobs else None, None
+    try:
+        body.sampling_params(max(max_tokens, 1), logprobs, prompt_logprobs)
+    except SamplingParamsError as exc:
+        return {exc.param}
+    return set()
+
+
 def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
     """The fields a 400 may name for a schema-valid body that breaks a rule between fields.
 
@@ -100,8 +128,10 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
         return set()
     try:
         body = models[path].model_validate(raw_body)
-    except (ValidationError, APIError):
+    except ValidationError:
         return set()  # refused while the body is parsed: no rule between fields is checked there
+    except APIError as exc:  # the beam-search rules between fields run while parsing
+        return {exc.param} & BEAM_RULE_FIELDS if _asks_beam_rules(raw_body) else set()
     try:
         prompts = _prompt_tokens(ctx, body)
     except ValueError:  # a chat template that cannot render these messages: a plain 400
@@ -109,14 +139,14 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
     broken = set()
     limits, request_limits = ctx.limits, ctx.request_limits
     if isinstance(body, CompletionRequest):
-        if body.best_of is not None and body.best_of != body.n:
-            broken.add("best_of")
         max_tokens = body.max_tokens
         if "max_tokens" not in body.model_fields_set:  # OpenAI's 16, capped at the limit
             max_tokens = ctx.capped(body.max_tokens)
     else:
         max_tokens = body.max_completion_tokens or body.max_tokens
-    if len(prompts) * body.n > min(limits.max_sequences_per_request, limits.max_waiting_requests):
+    if len(prompts) * body.num_sequences > min(
+        limits.max_sequences_per_request, limits.max_waiting_requests
+    ):
         broken.add("n")
     if max_tokens is None:
         room = request_limits.default_max_tokens(max(len(p) for p in prompts))
@@ -127,6 +157,13 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
         broken.add("min_tokens")
     if any(len(p) + max_tokens > request_limits.max_sequence_tokens for p in prompts):
         broken.add("max_tokens")
+    if body.use_beam_search:  # logprobs of either kind are refused with beams
+        broken |= _broken_beam_logprobs(body, max_tokens)
+    width = body.num_sequences if body.use_beam_search else 1
+    if width > 1 and any(
+        width * (len(p) + max_tokens) > request_limits.num_cache_tokens for p in prompts
+    ):
+        broken.add("best_of")
     return broken
 
 
