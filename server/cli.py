@@ -67,9 +67,10 @@ class DrainingServer(uvicorn.Server):
         """Build the engine (lifespan) and bind; only then announce the URL, once ready."""
         await super().startup(sockets)
         if not self.should_exit:
+            base = f"http://{self.config.host}:{self.config.port}"
             logger.info(
-                "serving %s at http://%s:%d/v1",
-                self.app.state.ctx.model_name, self.config.host, self.config.port,
+                "serving %s at %s/v1 (OpenAI API), %s/generate (TGI API); playground: %s/",
+                self.app.state.ctx.model_name, base, base, base,
             )  # fmt: skip
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, Response
 
@@ -20,6 +20,7 @@ from gpt2serve.server.api.engine_stats import EngineStatsReporter
 from gpt2serve.server.api.errors import APIError, install_error_handlers
 from gpt2serve.server.api.metrics import Metrics
 from gpt2serve.server.api.openapi import install_openapi
+from gpt2serve.server.api.playground import PLAYGROUND_PATHS, install_playground
 from gpt2serve.server.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -29,6 +30,9 @@ from gpt2serve.server.api.protocol import (
 from gpt2serve.server.api.serving import ServingContext, ServingLimits, now
 from gpt2serve.server.api.serving_chat import create_chat_completion, render_chat_prompt
 from gpt2serve.server.api.serving_completions import create_completion
+from gpt2serve.server.api.serving_tgi import generate
+from gpt2serve.server.api.tgi_protocol import TGIRequest
+from gpt2serve.server.api.tgi_route import TGIRoute
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.core.request_limits import InvalidRequestError, check_token_ids
 from gpt2serve.server.engine.async_engine import AsyncEngine
@@ -63,16 +67,22 @@ def create_app(settings: ServerSettings, engine: Engine | None = None) -> FastAP
         finally:
             app.state.ctx.engine.shutdown()
 
-    app = FastAPI(title="gpt2serve", version=package_version(), lifespan=lifespan)
+    # FastAPI's /docs and /redoc load their scripts from a CDN: the playground serves offline ones.
+    app = FastAPI(title="gpt2serve", version=package_version(), lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # fmt: skip
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     if settings.api_key:  # added last: it runs first, before any body is read
         open_paths = ALWAYS_OPEN_PATHS | (DOCS_PATHS if settings.open_docs else frozenset())
+        # The playground's page asks for the key itself: open to GET, never to TGI's POST /.
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, open_paths=open_paths,
-                           on_reject=lambda status: _count_error(app, status))  # fmt: skip
+                           on_reject=lambda status: _count_error(app, status),
+                           read_only_paths=PLAYGROUND_PATHS)  # fmt: skip
     install_error_handlers(app, on_error=lambda status: _count_error(app, status))
     _add_openai_routes(app, settings)
+    _add_tgi_routes(app, settings)
     _add_service_routes(app, settings)
     install_openapi(app, settings)
+    install_playground(app, settings)
     return app
 
 
@@ -136,6 +146,25 @@ def _add_openai_routes(app: FastAPI, settings: ServerSettings) -> None:
         ctx = _context(request)
         ctx.check_model(model_id)  # 404 model_not_found for any other id
         return _model_card(ctx, settings)
+
+
+def _add_tgi_routes(app: FastAPI, settings: ServerSettings) -> None:
+    """Hugging Face TGI's native API; `POST /` is where `InferenceClient(base_url=...)` posts."""
+    router = APIRouter(route_class=TGIRoute)
+
+    @router.post("/generate")
+    async def tgi_generate(body: TGIRequest, request: Request) -> Response:
+        return await generate(_context(request), body, request, stream=False)
+
+    @router.post("/generate_stream")
+    async def tgi_generate_stream(body: TGIRequest, request: Request) -> Response:
+        return await generate(_context(request), body, request, stream=True)
+
+    @router.post("/")
+    async def tgi_compat_generate(body: TGIRequest, request: Request) -> Response:
+        return await generate(_context(request), body, request, body.stream, compat=True)
+
+    app.include_router(router)
 
 
 def _model_card(ctx: ServingContext, settings: ServerSettings) -> dict:

@@ -37,15 +37,25 @@ class ApiKeyMiddleware:
         api_key: str,
         open_paths: Collection[str],
         on_reject: Callable[[int], None] | None = None,
+        read_only_paths: Collection[str] = (),
     ) -> None:
+        """`read_only_paths` are open to GET and HEAD only (the playground's page is at `/`,
+        where TGI's generation route takes POST)."""
         self.app = app
         self.expected = api_key.encode()
         self.open_paths = frozenset(open_paths)
+        self.read_only_paths = frozenset(read_only_paths)
         self.on_reject = on_reject
+
+    def _is_open(self, scope: Scope) -> bool:
+        path = scope["path"]
+        if path in self.open_paths:
+            return True
+        return path in self.read_only_paths and scope.get("method") in ("GET", "HEAD")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass through if open or authorized; answer 401 otherwise."""
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or self._is_open(scope):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers", []))

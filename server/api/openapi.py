@@ -41,6 +41,12 @@ from gpt2serve.server.api.openapi_schemas import (
     ref,
     sse_event_schema,
 )  # fmt: skip
+from gpt2serve.server.api.openapi_tgi import (
+    TGI_PATHS,
+    TGI_RESPONSE_SCHEMAS,
+    document_tgi_operation,
+    document_tgi_requests,
+)
 from gpt2serve.server.config import ServerSettings
 
 
@@ -68,7 +74,9 @@ def document(schema: dict[str, Any], settings: ServerSettings, limits: Documente
     schemas = components.setdefault("schemas", {})
     normalize_integer_bounds(schemas)
     document_requests(schemas, limits)
+    document_tgi_requests(schemas, limits)
     schemas.update(copy.deepcopy(RESPONSE_SCHEMAS))
+    schemas.update(copy.deepcopy(TGI_RESPONSE_SCHEMAS))
     protected = _protected_paths(schema, settings)
     if protected:
         components["securitySchemes"] = {
@@ -136,6 +144,8 @@ def _document_operation(
     responses["431"] = error_schema("The request line and headers exceed --max-header-bytes, or"
                                     " there are more than --max-headers.")  # fmt: skip
     responses["500"] = error_schema("Internal error (no details are given).")
+    if path in TGI_PATHS and has_body:  # POST / only: GET / is the playground page
+        document_tgi_operation(path, responses)
 
 
 def _document_success(path: str, responses: dict[str, Any]) -> None:

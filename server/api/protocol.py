@@ -25,7 +25,7 @@ def _number_only(value: Any) -> Any:
     return value
 
 
-def _early_stopping_value(value: Any) -> Any:
+def early_stopping_value(value: Any) -> Any:
     """HF's early_stopping: true, false or "never" (a union's errors would name its branches)."""
     if value is not None and not bounds.is_early_stopping_value(value):
         raise ValueError(f'must be true, false or "never", got {value!r}')
@@ -140,7 +140,7 @@ class SamplingFields(OpenAIModel):
     best_of: Annotated[int | None, NUMBER] = bounded(bounds.BEST_OF)
     length_penalty: Annotated[float | None, NUMBER] = bounded(bounds.LENGTH_PENALTY)
     early_stopping: Annotated[
-        StrictBool | Literal["never"] | None, BeforeValidator(_early_stopping_value)
+        StrictBool | Literal["never"] | None, BeforeValidator(early_stopping_value)
     ] = None
 
     @model_validator(mode="after")

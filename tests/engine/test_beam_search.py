@@ -135,3 +135,29 @@ def test_a_beam_group_that_could_not_fit_the_cache_is_refused(make_engine) -> No
     with pytest.raises(InvalidRequestError, match="beams") as info:
         engine.request_limits.check(prompt, params)
     assert info.value.param == "best_of"
+
+
+def test_a_stop_token_ends_hypotheses_and_its_text_is_dropped_like_vllm(make_engine) -> None:
+    period = 13  # "." pushed to the top of every beam: each hypothesis that takes it stops
+    prompt, _ = beam_request(9, seed=5)
+    results = {}
+    for include in (False, True):
+        params = SamplingParams(max_tokens=6, use_beam_search=True, best_of=3, n=3,
+                                stop_token_ids=[period], logit_bias={period: 50.0},
+                                include_stop_str_in_output=include)  # fmt: skip
+        outputs = run_to_completion(make_engine(), {"b": (prompt, params)})["b"]
+        results[include] = best = min(outputs, key=lambda o: o.index)
+        assert best.token_ids == [period] and best.finish_reason == "stop"
+        assert best.stop_reason == period
+    assert results[False].text == "" and results[True].text == "."
+
+
+def test_a_stop_string_ends_hypotheses_as_hf_stopping_criteria_do(make_engine) -> None:
+    prompt, _ = beam_request(12, seed=9)
+    params = SamplingParams(max_tokens=6, use_beam_search=True, best_of=3, n=3, stop=["."],
+                            logit_bias={13: 50.0}, ignore_eos=True)  # fmt: skip
+    outputs = sorted(run_to_completion(make_engine(), {"b": (prompt, params)})["b"],
+                     key=lambda o: o.index)  # fmt: skip
+    best = outputs[0]
+    assert best.token_ids == [13] and best.text == "" and best.stop_reason == "."
+    assert all("." not in o.text for o in outputs)  # a hit leaves the running beams
