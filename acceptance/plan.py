@@ -38,6 +38,8 @@ STEPS = [
     Step("kernels", "performance", f"{A}.kernel_speed:run", {"full": 75, "quick": 35, "cpu": 60}),
     Step("engine", "performance", f"{A}.engine_speed:run", {"full": 75, "quick": 40, "cpu": 90}),
     Step("http", "performance", f"{A}.http_load:run", {"full": 90, "quick": 50, "cpu": 120}),
+    Step("structured-output", "performance", f"{A}.structured:run",
+         {"full": 40, "quick": 30, "cpu": 60}),
     Step("engine-xl", "performance", f"{A}.engine_speed:run_xl", {"full": 60, "cpu": 60}),
     Step("hf-compiled", "performance", f"{A}.engine_speed:run_hf_compiled",
          {"full": 90, "cpu": 150}),

@@ -9,6 +9,7 @@ DECODE_ATTENTION_COPY_FRACTION = 0.70  # of the measured copy bandwidth, at cont
 SAMPLING_SPEEDUP_VS_SORT = 5.0  # fused kernel vs sort-based top-k/top-p, batch 256 x 50,257
 HTTP_256_STREAMS_TOK_S = 50_000  # output tokens/s over 256 concurrent streams
 HTTP_256_TTFT_P99_MS = 500.0
+STRUCTURED_OUTPUT_OVERHEAD = 0.10  # decode step time, batch 16 with half the rows constrained
 # Greedy tokens may differ only where the reference's two candidates were this close (nats):
 # fp16 rounds logits at about 1e-3 relative; fp32 paths differ in summation order only.
 NEAR_TIE_NATS = {"float32": 1e-4, "float16": 0.05}

@@ -2,9 +2,10 @@
 
 Decode attention is memory-bound, so it is reported as achieved GB/s of K/V read against the
 device's copy bandwidth; prefill attention as TFLOP/s; fused sampling against a torch sort-based
-top-k + top-p draw over GPT-2's 50,257-token vocabulary. The `measure_*` functions return numbers
-(the acceptance run reads them); `format_*` turn them into tables. On "cpu" (Triton's interpreter,
-tiny shapes) everything runs once and the timings mean nothing: that only exercises the code.
+top-k + top-p draw over GPT-2's 50,257-token vocabulary; the structured-output token bitmask
+against its torch reference. The `measure_*` functions return numbers (the acceptance run reads
+them); `format_*` turn them into tables. On "cpu" (Triton's interpreter, tiny shapes) everything
+runs once and the timings mean nothing: that only exercises the code.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gpt2serve.kernels import reference
+from gpt2serve.kernels import reference, reference_sampling
 
 N_HEAD, HEAD_DIM, BLOCK_SIZE, VOCAB = 12, 64, 16, 50257  # gpt2
 
@@ -197,6 +198,33 @@ def measure_sampling(
     return results
 
 
+@dataclass
+class BitmaskResult:
+    """Structured-output token bitmask over one batch of logits."""
+
+    batch: int
+    us: float
+    reference_us: float
+
+
+def measure_bitmask(
+    device: str = "cuda", batches: tuple[int, ...] = (1, 64, 256), vocab: int = VOCAB
+) -> list[BitmaskResult]:
+    """The bitmask kernel against the torch reference: every row masked, about half forbidden."""
+    from gpt2serve.kernels.bitmask import apply_token_bitmask_triton
+
+    results = []
+    for batch in batches:
+        logits = torch.randn(batch, vocab, device=device)  # [batch, vocab] float32
+        shape = (batch, -(-vocab // 32))
+        words = torch.randint(-(2**31), 2**31, shape, device=device)  # [batch, words] int64
+        args = (logits, words.to(torch.int32), torch.arange(batch, device=device))
+        us = time_ms(lambda a=args: apply_token_bitmask_triton(*a), device) * 1e3
+        ref = time_ms(lambda a=args: reference_sampling.apply_token_bitmask(*a), device) * 1e3
+        results.append(BitmaskResult(batch, us, ref))
+    return results
+
+
 def format_decode(results: list[DecodeResult], copy_gbs: float) -> list[str]:
     """Markdown rows of `measure_decode`."""
     rows = ["| batch | context | splits | µs | GB/s | % of copy | GB/s (max_seq_len 1024) | "
@@ -227,6 +255,14 @@ def format_sampling(results: list[SamplingResult]) -> list[str]:
     return rows
 
 
+def format_bitmask(results: list[BitmaskResult]) -> list[str]:
+    """Markdown rows of `measure_bitmask`."""
+    rows = ["| batch | Triton µs | torch reference µs |", "|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r.batch} | {r.us:.1f} | {r.reference_us:.1f} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and print the tables; exit 2 without CUDA."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -244,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     print("## Prefill attention\n")
     print("\n".join(format_prefill(measure_prefill(dtype))) + "\n")
     print(f"## Sampling over {VOCAB} tokens\n")
-    print("\n".join(format_sampling(measure_sampling())))
+    print("\n".join(format_sampling(measure_sampling())) + "\n")
+    print(f"## Structured-output token bitmask over {VOCAB} tokens\n")
+    print("\n".join(format_bitmask(measure_bitmask())))
     return 0
 
 

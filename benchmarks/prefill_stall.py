@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = ServerSettings(model=args.model, dtype=args.dtype, device="cpu", kv_cache_gb=1.0)
     engine, _ = build_engine(settings)
     print(f"default budget on this machine: {engine.scheduler.max_num_batched_tokens}")
-    measure(engine, max(args.budgets), args.streams, 64, seed=999)  # warm-up: oneDNN primitives
+    for budget in args.budgets:  # warm-up: oneDNN builds kernels per row count, once each
+        measure(engine, budget, args.streams, args.prompt_len, seed=999 + budget)
     results = [
         measure(engine, budget, args.streams, args.prompt_len, seed=round_ * 100 + i * 10)
         for round_ in range(args.rounds)

@@ -12,11 +12,12 @@ from collections.abc import Callable
 
 import torch
 
-from gpt2serve.kernels import reference
+from gpt2serve.kernels import reference, reference_sampling
 
 __all__ = [
     "add_logit_bias",
     "apply_penalties",
+    "apply_token_bitmask",
     "chosen_logprobs",
     "copy_blocks",
     "disable_triton",
@@ -172,6 +173,20 @@ def apply_penalties(
 
         return triton_penalties(*args, *penalties)
     return reference.apply_penalties(*args, *penalties)
+
+
+def apply_token_bitmask(
+    logits: torch.Tensor,  # [num_rows, vocab] float32/float16/bfloat16, modified in place
+    bitmask: torch.Tensor,  # [num_masks, words] int32: xgrammar's packed allowed-token bits
+    row_indices: torch.Tensor,  # [num_masks] int64: the logits row each mask applies to
+) -> None:
+    """Structured output: -inf every logit whose bit is 0 in its row's token bitmask."""
+    if triton_enabled(logits.device):
+        from gpt2serve.kernels.bitmask import apply_token_bitmask_triton
+
+        apply_token_bitmask_triton(logits, bitmask, row_indices)
+    else:
+        reference_sampling.apply_token_bitmask(logits, bitmask, row_indices)
 
 
 def chosen_logprobs(

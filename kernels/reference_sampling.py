@@ -155,3 +155,27 @@ def chosen_logprobs(
     """log_softmax(logits)[row, token_ids[row]] per row."""
     logprobs = torch.log_softmax(logits.float(), dim=-1)  # [num_seqs, vocab]
     return logprobs.gather(1, token_ids[:, None]).squeeze(1)
+
+
+def apply_token_bitmask(
+    logits: torch.Tensor,  # [num_rows, vocab] float32/float16/bfloat16, modified in place
+    bitmask: torch.Tensor,  # [num_masks, words] int32: bit t % 32 of word t // 32 = allowed
+    row_indices: torch.Tensor,  # [num_masks] int64: the logits row each mask applies to
+) -> None:
+    """Structured output: -inf every logit whose bit is 0 in its row's (xgrammar) bitmask."""
+    num_rows, vocab = logits.shape
+    needed = -(-vocab // 32)  # words that cover the logits' vocabulary
+    words = bitmask.to(device=logits.device, dtype=torch.int32)[:, :needed]  # [num_masks, <=needed]
+    # Tokens past the bitmask's width are disallowed: zero words; bits past `vocab` are cut.
+    missing = needed - words.shape[1]
+    zeros = torch.zeros(words.shape[0], missing, dtype=torch.int32, device=logits.device)
+    words = torch.cat([words, zeros], dim=1)  # [num_masks, needed]
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)  # [32]
+    # An arithmetic shift keeps bit 31's sign, but `& 1` keeps only the bit asked for.
+    bits = (words[:, :, None] >> shifts) & 1  # [num_masks, needed, 32]
+    disallowed = (bits == 0).flatten(1)[:, :vocab]  # [num_masks, vocab]
+    # Summed per row, so a row named by several masks gets their intersection (any order).
+    rows = row_indices.to(device=logits.device, dtype=torch.int64)  # [num_masks]
+    forbidden = torch.zeros(num_rows, vocab, dtype=torch.int32, device=logits.device)
+    forbidden.index_add_(0, rows, disallowed.to(torch.int32))  # [num_rows, vocab]
+    logits.masked_fill_(forbidden > 0, float("-inf"))

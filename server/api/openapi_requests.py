@@ -17,6 +17,7 @@ from gpt2serve.server.api.openapi_schemas import (
 from gpt2serve.server.api.protocol import HF_GENERATE_FIELDS
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.core import sampling_params as bounds
+from gpt2serve.server.core.structured_output import MAX_CHOICES, MAX_SPEC_CHARS
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ def _document_sampling_fields(body: Schema, limits: DocumentedLimits) -> None:
         properties, "seed", nullable({"type": "integer", "minimum": 0, "maximum": bounds.MAX_SEED})
     )
     _document_beam_search(properties)
+    _document_structured_output(properties)
     _set(
         properties,
         "logit_bias",
@@ -199,6 +201,33 @@ def _document_beam_search(properties: dict[str, Any]) -> None:
         "vLLM's beam search: temperature, top_p, top_k, min_p and logprobs must be left out; "
         "length_penalty and early_stopping apply only with it."
     )
+
+
+def _document_structured_output(properties: dict[str, Any]) -> None:
+    text = {"type": "string", "minLength": 1, "maxLength": MAX_SPEC_CHARS}
+    choices = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+               "maxItems": MAX_CHOICES}  # fmt: skip
+    json_schema = {"anyOf": [{"type": "object"}, {"type": "string"}]}
+    boolean = {"type": "boolean"}
+    named = object_schema(
+        {"schema": {"type": "object"}},
+        {"name": nullable(STRING), "description": nullable(STRING), "strict": nullable(boolean)},
+    )
+    formats = [
+        object_schema({"type": {"enum": ["text", "json_object"]}}),
+        object_schema({"type": {"const": "json_schema"}, "json_schema": named}),
+    ]
+    one = "At most one of response_format, guided_* and structured_outputs per request; the "
+    one += "schema, regex or grammar must compile (400 naming the field otherwise)."
+    _set(properties, "response_format", nullable({"anyOf": formats, "description": one}))
+    _set(properties, "guided_json", nullable(json_schema))
+    _set(properties, "guided_regex", nullable(text))
+    _set(properties, "guided_grammar", nullable({**text, "description": "EBNF (xgrammar)"}))
+    _set(properties, "guided_choice", nullable(choices))
+    fields = {"json": json_schema, "regex": text, "choice": choices, "grammar": text,
+              "json_object": boolean}  # fmt: skip
+    outputs = object_schema({}, {name: nullable(schema) for name, schema in fields.items()})
+    _set(properties, "structured_outputs", nullable(outputs))
 
 
 def _max_tokens(limits: DocumentedLimits, minimum: int) -> Schema:

@@ -153,7 +153,17 @@ def document_tgi_requests(schemas: dict[str, Schema], limits: DocumentedLimits) 
     _set(properties, "best_of", nullable({"type": "integer", "const": 1}))
     _set(properties, "typical_p", nullable({"type": "number", "const": 1.0}))
     _set(properties, "watermark", {"type": "boolean", "const": False})
-    _set(properties, "grammar", {"type": "null", "description": "Not supported yet."})
+    grammar = {
+        "anyOf": [
+            object_schema({"type": {"enum": ["json", "json_schema"]}, "value": {"type": "object"}}),
+            object_schema(
+                {"type": {"const": "regex"}, "value": {"type": "string", "minLength": 1}}
+            ),
+            {"type": "null"},
+        ],
+        "description": "The output matches this JSON schema or regex (400 if it does not compile).",
+    }
+    _set(properties, "grammar", grammar)
     _set(properties, "adapter_id", {"type": "null", "description": "Not supported (no LoRA)."})
     beams = {"type": "integer", "minimum": 1, "maximum": MAX_NUM_BEAMS}
     _set(properties, "num_beams", nullable(beams))

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from gpt2serve.server.api.errors import APIError
+from gpt2serve.server.api.structured_fields import StructuredFields
 from gpt2serve.server.core import sampling_params as bounds
 from gpt2serve.server.core.field_checks import Bound
 from gpt2serve.server.core.sampling_params import SamplingParams, SamplingParamsError
@@ -80,7 +81,7 @@ class StreamOptions(OpenAIModel):
     include_usage: StrictBool = False
 
 
-class SamplingFields(OpenAIModel):
+class SamplingFields(StructuredFields, OpenAIModel):
     """Fields shared by completions and chat, including vLLM's extra sampling controls."""
 
     @model_validator(mode="before")
@@ -163,8 +164,10 @@ class SamplingFields(OpenAIModel):
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         turn_stop: list[str] | None = None,
+        compiled_grammar: object | None = None,
     ) -> SamplingParams:
-        """The engine's `SamplingParams` for this body (raises SamplingParamsError)."""
+        """The engine's `SamplingParams` for this body (raises SamplingParamsError);
+        `compiled_grammar` is the grammar engine's form of `structured_output()`."""
         given = {
             name: getattr(self, name)
             for name in (
@@ -197,6 +200,8 @@ class SamplingFields(OpenAIModel):
             skip_special_tokens=self.skip_special_tokens,
             use_beam_search=self.use_beam_search,
             best_of=self.best_of,
+            structured_output=self.structured_output(),
+            compiled_grammar=compiled_grammar,
             **given,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from gpt2serve.server.api.protocol import SamplingFields
 from gpt2serve.server.core.messages import RequestOutput, TokenLogprobs
 from gpt2serve.server.core.request_limits import CheckedRequest, InvalidRequestError, RequestLimits
 from gpt2serve.server.core.sampling_params import SamplingParamsError
+from gpt2serve.server.core.structured_output import GrammarError, StructuredOutput
 from gpt2serve.server.engine.async_engine import AsyncEngine
 
 
@@ -115,6 +117,7 @@ class ServingContext:
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         turn_stop: list[str] | None = None,
+        compiled_grammar: object | None = None,
     ) -> list[CheckedRequest]:
         """One engine request per prompt, every one checked before any runs (400 if not)."""
         if max_tokens is None:
@@ -128,10 +131,27 @@ class ServingContext:
                 400, f"max_tokens is {max_tokens}; this server allows at most {limit}", "max_tokens"
             )
         try:
-            params = body.sampling_params(max_tokens, logprobs, prompt_logprobs, turn_stop)
+            params = body.sampling_params(
+                max_tokens, logprobs, prompt_logprobs, turn_stop, compiled_grammar
+            )
             return [self.request_limits.check(prompt, params) for prompt in prompts]
         except (SamplingParamsError, InvalidRequestError) as exc:
             raise APIError(400, str(exc), exc.param) from exc
+
+    async def compile_grammar(self, spec: StructuredOutput | None) -> object | None:
+        """The body's output constraint, compiled off the engine's thread; a 400 naming the
+        field if it is invalid or takes too long. Only this request waits for it."""
+        if spec is None:
+            return None
+        service = self.engine.grammars
+        future = asyncio.wrap_future(service.submit(spec))
+        try:  # shielded: a timeout here must not cancel the shared, cached compile
+            return await asyncio.wait_for(asyncio.shield(future), service.timeout)
+        except GrammarError as exc:
+            raise APIError(400, str(exc), exc.param) from exc
+        except TimeoutError as exc:
+            error = service.too_slow(spec)
+            raise APIError(400, str(error), error.param) from exc
 
     def capped(self, default_max_tokens: int) -> int:
         """A default `max_tokens`, lowered to `--max-tokens-limit` (asking for more is a 400)."""

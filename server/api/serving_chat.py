@@ -52,9 +52,11 @@ async def create_chat_completion(
     )
     num_logprobs = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
+    grammar = await ctx.compile_grammar(body.structured_output())
     (request,) = ctx.check_requests(
-        body, [prompt], max_tokens, num_logprobs, turn_stop=ctx.chat_template.stop
-    )
+        body, [prompt], max_tokens, num_logprobs, turn_stop=ctx.chat_template.stop,
+        compiled_grammar=grammar,
+    )  # fmt: skip
     job = _ChatJob(ctx, body, request)
     admission = ctx.admit(body.num_sequences)
     if body.stream:

@@ -76,9 +76,11 @@ async def create_completion(
     # Left out, max_tokens is OpenAI's 16 (the body's default), or the server's limit if lower.
     given = "max_tokens" in body.model_fields_set or body.max_tokens is None
     max_tokens = body.max_tokens if given else ctx.capped(body.max_tokens)
+    grammar = await ctx.compile_grammar(body.structured_output())
     requests = ctx.check_requests(
-        body, prompts, max_tokens, body.logprobs, engine_prompt_logprobs(body)
-    )
+        body, prompts, max_tokens, body.logprobs, engine_prompt_logprobs(body),
+        compiled_grammar=grammar,
+    )  # fmt: skip
     job = _CompletionJob(ctx, body, requests)
     admission = ctx.admit(len(requests) * body.num_sequences)
     if body.stream:

@@ -56,10 +56,11 @@ async def generate(
     # TGI's `POST /` returns the prompt too unless told otherwise (for a text-generation model,
     # which GPT-2 is); `/generate` and `/generate_stream` do not.
     full_text = parameters.return_full_text
+    grammar = await ctx.compile_grammar(parameters.structured_output())
+    request = _checked_request(ctx, body.inputs, parameters, stream, grammar)
     job = _GenerateJob(
-        ctx, body.inputs, parameters, _checked_request(ctx, body.inputs, parameters, stream),
-        compat if full_text is None else full_text,
-    )  # fmt: skip
+        ctx, body.inputs, parameters, request, compat if full_text is None else full_text
+    )
     admission = ctx.admit(parameters.num_beams if parameters.uses_beams else 1)
     if stream:
         return AdmittedStreamingResponse(_guarded_events(ctx, job.events()), admission)
@@ -68,7 +69,11 @@ async def generate(
 
 
 def _checked_request(
-    ctx: ServingContext, inputs: str, parameters: TGIParameters, stream: bool
+    ctx: ServingContext,
+    inputs: str,
+    parameters: TGIParameters,
+    stream: bool,
+    compiled_grammar: object | None = None,
 ) -> CheckedRequest:
     """The engine request: inputs tokenized (and truncated), defaults applied, limits checked."""
     prompt = ctx.encode(inputs)
@@ -88,8 +93,9 @@ def _checked_request(
     if parameters.samples and seed is None:
         seed = random.getrandbits(62)  # drawn here so that details.seed can report it (as TGI)
     try:
+        max_tokens = _max_new_tokens(ctx, parameters, len(prompt))
         params = parameters.sampling_params(
-            _max_new_tokens(ctx, parameters, len(prompt)), logprobs, prompt_logprobs, seed
+            max_tokens, logprobs, prompt_logprobs, seed, compiled_grammar
         )
         return ctx.request_limits.check(prompt, params)
     except (SamplingParamsError, InvalidRequestError) as exc:

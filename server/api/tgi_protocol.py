@@ -15,6 +15,7 @@ from gpt2serve.server.api.errors import APIError
 from gpt2serve.server.api.protocol import NUMBER, bounded, early_stopping_value
 from gpt2serve.server.core import sampling_params as bounds
 from gpt2serve.server.core.sampling_params import SamplingParams, SamplingParamsError
+from gpt2serve.server.core.structured_output import StructuredOutput
 
 # TGI's default `max_new_tokens` (lowered to the room the prompt leaves and --max-tokens-limit).
 DEFAULT_MAX_NEW_TOKENS = 100
@@ -92,6 +93,16 @@ class TGIModel(BaseModel):
         return data
 
 
+class TGIGrammar(BaseModel):
+    """TGI's `grammar`: `{"type": "json" | "json_schema", "value": <schema>}` or
+    `{"type": "regex", "value": "<regex>"}`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["json", "json_schema", "regex"]
+    value: Any
+
+
 class TGIParameters(TGIModel):
     """`parameters`: TGI's generation controls, plus `no_repeat_ngram_size` and beam search."""
 
@@ -106,7 +117,7 @@ class TGIParameters(TGIModel):
     details: StrictBool = False
     do_sample: StrictBool | None = None
     frequency_penalty: Annotated[float | None, NUMBER] = bounded(bounds.FREQUENCY_PENALTY)
-    grammar: dict[str, Any] | None = None
+    grammar: TGIGrammar | None = None
     max_new_tokens: Annotated[int | None, NUMBER] = bounded(
         bounds.MAX_NEW_TOKENS, DEFAULT_MAX_NEW_TOKENS
     )
@@ -141,7 +152,6 @@ class TGIParameters(TGIModel):
                 "top_p or top_k",
             ),
             "watermark": (self.watermark, "watermark is not supported"),
-            "grammar": (self.grammar is not None, "grammar is not supported yet"),
             "adapter_id": (self.adapter_id is not None, "adapter_id is not supported (no LoRA)"),
         }
         for param, (refused, message) in refusals.items():
@@ -177,6 +187,7 @@ class TGIParameters(TGIModel):
         logprobs: int | None,
         prompt_logprobs: int | None = None,
         seed: int | None = None,
+        compiled_grammar: object | None = None,
     ) -> SamplingParams:
         """The engine's `SamplingParams` (raises SamplingParamsError); `seed` when sampling."""
         penalties = ("repetition_penalty", "frequency_penalty", "no_repeat_ngram_size")
@@ -196,9 +207,25 @@ class TGIParameters(TGIModel):
             prompt_logprobs=prompt_logprobs,
             # TGI's generated text ends with the stop sequence that ended it.
             include_stop_str_in_output=True,
+            structured_output=self.structured_output(),
+            compiled_grammar=compiled_grammar,
             **controls,
             **beam_search_fields(self),
         )
+
+    def structured_output(self) -> StructuredOutput | None:
+        """TGI's `grammar` as the engine's output constraint."""
+        grammar = self.grammar
+        if grammar is None:
+            return None
+        if grammar.type == "regex":
+            if not isinstance(grammar.value, str):
+                raise SamplingParamsError("grammar", "grammar.value must be a regex string")
+            return StructuredOutput("regex", grammar.value, "grammar")
+        value = grammar.value
+        if grammar.type == "json_schema" and isinstance(value, dict) and "schema" in value:
+            value = value["schema"]  # OpenAI's named-schema shape
+        return StructuredOutput.json_schema(value, "grammar")
 
 
 def beam_search_fields(parameters: TGIParameters) -> dict[str, Any]:

@@ -62,6 +62,9 @@ class Request:
         # Beam search: the beam's running score (sum of processed logprobs, fp32), None for an
         # ordinary request. A beam samples no token: its step yields candidates for the group.
         self.beam_score: float | None = None
+        # Structured output: the grammar engine's matcher for this sequence (opaque here),
+        # advanced by the engine with every token this sequence accepts.
+        self.grammar: object | None = None
 
     @property
     def is_beam(self) -> bool:

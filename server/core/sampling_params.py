@@ -16,6 +16,7 @@ from gpt2serve.server.core.field_checks import (
     check_token_id_list,
     normalized_logit_bias,
 )
+from gpt2serve.server.core.structured_output import StructuredOutput
 
 __all__ = ["SamplingParams", "SamplingParamsError"]
 
@@ -102,6 +103,10 @@ class SamplingParams:
     best_of: int | None = None
     length_penalty: float = 1.0
     early_stopping: bool | str = False
+    # Constrained decoding: what the output must match, and (set by whoever compiled it off the
+    # engine's step path) the grammar engine's compiled form, opaque here.
+    structured_output: StructuredOutput | None = None
+    compiled_grammar: object | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Normalize the spellings the API allows before validating one canonical form.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gpt2serve.server.core.messages import RequestOutput, StepStats
 from gpt2serve.server.core.request_limits import CheckedRequest
 from gpt2serve.server.engine.engine import Engine
+from gpt2serve.server.engine.grammars import GrammarService
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class AsyncEngine:
         self.error: BaseException | None = None
 
     @property
+    def grammars(self) -> GrammarService:
+        """The engine's grammar compiler: the HTTP side compiles before it admits a request."""
+        return self.engine.grammars
+
+    @property
     def is_alive(self) -> bool:
         """Whether the engine thread is running and healthy."""
         return self._thread is not None and self._thread.is_alive() and self.error is None
@@ -58,6 +64,7 @@ class AsyncEngine:
         """Stop the engine thread; requests still open receive an error."""
         self._stopping = True
         self._wakeup.set()
+        self.engine.grammars.shutdown()
         if self._thread is not None:
             self._thread.join(timeout)
 

@@ -8,6 +8,7 @@ from gpt2serve.server.core.request import Request, RequestStatus
 from gpt2serve.server.core.scheduler import Scheduler
 from gpt2serve.server.core.text_output import ChoiceText
 from gpt2serve.server.engine.beam_search import BeamGroup, Hypothesis
+from gpt2serve.server.worker.grammar import fork_matcher
 
 
 class BeamSearches:
@@ -19,6 +20,7 @@ class BeamSearches:
         self.max_model_len = max_model_len
         self.groups: dict[str, BeamGroup] = {}
         self._group_of_beam: dict[str, str] = {}
+        self._queued: dict[str, float] = {}  # root beam id -> arrival, until first scheduled
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self.groups
@@ -28,7 +30,13 @@ class BeamSearches:
         root.beam_score = 0.0
         self.groups[request_id] = BeamGroup(request_id, root, self.tokenizer, self.max_model_len)
         self._group_of_beam[root.request_id] = request_id
+        self._queued[root.request_id] = root.arrival_time
         self.scheduler.add_request(root)
+
+    def take_queue_time(self, beam_id: str, now: float) -> float | None:
+        """Seconds a beam search waited before its first step (once), else None."""
+        arrival = self._queued.pop(beam_id, None)
+        return None if arrival is None else now - arrival
 
     def abort(self, request_id: str) -> bool:
         """End a beam search and free every beam's blocks; False if it is not one."""
@@ -37,6 +45,7 @@ class BeamSearches:
             return False
         for beam in group.running:
             self._group_of_beam.pop(beam.request_id, None)
+            self._queued.pop(beam.request_id, None)
             self.scheduler.abort_request(beam.request_id)
         return True
 
@@ -76,6 +85,9 @@ class BeamSearches:
         forks = [
             (c.parent, c.parent.fork(group.next_beam_id(), c.token_id, c.score)) for c in chosen
         ]
+        for (parent, child), candidate in zip(forks, chosen, strict=True):
+            if parent.grammar is not None:  # the child's matcher: the parent's plus its token
+                child.grammar = fork_matcher(parent.grammar, candidate.token_id)
         self.scheduler.replace_beams(group.running, forks)
         group.running = [child for _, child in forks]
         for child in group.running:

@@ -20,10 +20,13 @@ from gpt2serve.server.core.messages import (
 )
 from gpt2serve.server.core.request import Request, RequestStatus
 from gpt2serve.server.core.request_limits import CheckedRequest, InvalidRequestError, RequestLimits
-from gpt2serve.server.core.sampling_params import choice_seed
+from gpt2serve.server.core.sampling_params import SamplingParams, choice_seed
 from gpt2serve.server.core.scheduler import Scheduler
+from gpt2serve.server.core.structured_output import GrammarError
 from gpt2serve.server.core.text_output import ChoiceText, TextDelta
 from gpt2serve.server.engine.beam_groups import BeamSearches
+from gpt2serve.server.engine.grammars import GrammarService, advance_matchers
+from gpt2serve.server.worker.grammar import new_matcher
 from gpt2serve.server.worker.model_runner import ModelRunner
 
 
@@ -99,6 +102,7 @@ class Engine:
         self._choices: dict[str, _Choice] = {}
         self._children: dict[str, list[str]] = {}
         self.beam_searches = BeamSearches(self.scheduler, tokenizer, config.max_model_len)
+        self.grammars = GrammarService(tokenizer)
         self.last_step_stats = StepStats()
 
     def add_request(
@@ -109,11 +113,13 @@ class Engine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
         prompt_token_ids, params = request.prompt_token_ids, request.params
         arrival = time.monotonic() if arrival_time is None else arrival_time
+        grammar = self._compiled_grammar(params)
         if params.is_beam_search:
             root = Request(
                 f"{request_id}#beam0", list(prompt_token_ids), params, arrival_time=arrival,
                 eos_token_id=self.tokenizer.eos_token_id, max_model_len=self.config.max_model_len,
             )  # fmt: skip
+            root.grammar = None if grammar is None else new_matcher(grammar)
             self.beam_searches.start(request_id, root)
             return
         child_ids = []
@@ -133,6 +139,7 @@ class Engine:
                 eos_token_id=self.tokenizer.eos_token_id,
                 max_model_len=self.config.max_model_len,
             )
+            child.grammar = None if grammar is None else new_matcher(grammar)
             self._choices[child_id] = _Choice(
                 request_id,
                 index,
@@ -178,8 +185,20 @@ class Engine:
         }
         self._gather_prompt_logprobs(runner_output.prompt_logprobs)
         updated = self.scheduler.update(scheduler_output, runner_output.sampled_token_ids)
+        advance_matchers(updated, self.scheduler)
         outputs = [self._make_output(r, logprobs_by_id.get(r.request_id)) for r in updated]
         return outputs + self.beam_searches.on_candidates(runner_output.beam_candidates)
+
+    def _compiled_grammar(self, params: SamplingParams) -> object | None:
+        """The request's compiled grammar: as the HTTP side compiled it, else compiled now."""
+        if params.structured_output is None:
+            return None
+        if params.compiled_grammar is not None:
+            return params.compiled_grammar
+        try:
+            return self.grammars.compile_now(params.structured_output)
+        except GrammarError as exc:
+            raise InvalidRequestError(str(exc), exc.param) from exc
 
     def _gather_prompt_logprobs(self, chunks: dict[str, PromptLogprobsChunk]) -> None:
         """Append each request's newly scored prompt tokens to what earlier chunks scored."""
@@ -202,6 +221,9 @@ class Engine:
             if choice is not None and choice.queued:
                 choice.queued = False
                 queue_times.append(now - choice.arrival_time)
+            elif choice is None:
+                waited = self.beam_searches.take_queue_time(scheduled.request.request_id, now)
+                queue_times.extend([] if waited is None else [waited])
         return StepStats(scheduler_output.num_batched_tokens, queue_times)
 
     def _make_output(self, request: Request, logprobs: TokenLogprobs | None) -> RequestOutput:

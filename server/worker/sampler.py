@@ -11,6 +11,7 @@ from gpt2serve import kernels
 from gpt2serve.kernels import reference
 from gpt2serve.server.core.messages import TokenLogprobs
 from gpt2serve.server.core.request import Request
+from gpt2serve.server.worker.grammar import apply_grammar_masks
 
 # JSON has no -inf; vLLM reports this value for impossible tokens.
 MIN_LOGPROB = -9999.0
@@ -48,6 +49,8 @@ class Sampler:
         raw_logits = logits
         if any(p.logprobs is not None for p in params):
             logits = logits.clone()  # logprobs are reported from the unmodified distribution
+        if any(r.grammar is not None for r in requests):
+            apply_grammar_masks(logits, [r.grammar for r in requests])
         self._apply_logit_bias(logits, requests)
         self._apply_penalties(logits, requests)
         self._apply_bans(logits, requests)
@@ -81,6 +84,8 @@ class Sampler:
         log-softmax first, then logit bias, penalties and bans on the log-probabilities, then
         the beam's running score added in float32."""
         log_probs = torch.log_softmax(logits.float(), dim=-1)  # [num_beams, vocab]
+        if any(b.grammar is not None for b in beams):
+            apply_grammar_masks(log_probs, [b.grammar for b in beams])
         self._apply_logit_bias(log_probs, beams)
         self._apply_penalties(log_probs, beams)
         self._apply_bans(log_probs, beams)

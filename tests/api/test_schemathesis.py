@@ -26,6 +26,7 @@ from gpt2serve.server.api.protocol import ChatCompletionRequest, CompletionReque
 from gpt2serve.server.api.serving_completions import engine_prompt_logprobs
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.core.sampling_params import SamplingParamsError
+from gpt2serve.server.core.structured_output import GrammarError
 from gpt2serve.server.engine.engine import Engine, EngineConfig
 from support.http_server import running_server
 
@@ -98,11 +99,27 @@ BEAM_RULE_FIELDS = {
 }
 
 
-def _asks_beam_rules(raw_body: Any) -> bool:
-    return isinstance(raw_body, dict) and any(
-        raw_body.get(name) is not None for name in ("use_beam_search", "best_of",
-                                                    "length_penalty", "early_stopping")
-    )  # fmt: skip
+# One output constraint per request, and it must compile (README, "Structured output").
+STRUCTURED_FIELDS = {"response_format", "guided_json", "guided_regex", "guided_choice",
+                     "guided_grammar", "structured_outputs"}  # fmt: skip
+RULE_FIELDS = BEAM_RULE_FIELDS | STRUCTURED_FIELDS
+
+
+def _asks_field_rules(raw_body: Any) -> bool:
+    asking = {"use_beam_search", "best_of", "length_penalty", "early_stopping"} | STRUCTURED_FIELDS
+    return isinstance(raw_body, dict) and any(raw_body.get(n) is not None for n in asking)
+
+
+def _broken_structured_output(ctx: Any, body: Any) -> set[str]:
+    """The field whose schema / regex / grammar does not compile."""
+    spec = body.structured_output()
+    if spec is None:
+        return set()
+    try:
+        ctx.engine.grammars.compile_now(spec)
+    except GrammarError as exc:
+        return {exc.param}
+    return set()
 
 
 def _broken_beam_logprobs(body: Any, max_tokens: int) -> set[str]:
@@ -130,8 +147,9 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
         body = models[path].model_validate(raw_body)
     except ValidationError:
         return set()  # refused while the body is parsed: no rule between fields is checked there
-    except APIError as exc:  # the beam-search rules between fields run while parsing
-        return {exc.param} & BEAM_RULE_FIELDS if _asks_beam_rules(raw_body) else set()
+    except APIError as exc:  # beam-search and structured-output rules run while parsing
+        field = (exc.param or "").split(".")[0]
+        return {exc.param} if field in RULE_FIELDS and _asks_field_rules(raw_body) else set()
     try:
         prompts = _prompt_tokens(ctx, body)
     except ValueError:  # a chat template that cannot render these messages: a plain 400
@@ -157,6 +175,7 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
         broken.add("min_tokens")
     if any(len(p) + max_tokens > request_limits.max_sequence_tokens for p in prompts):
         broken.add("max_tokens")
+    broken |= _broken_structured_output(ctx, body)
     if body.use_beam_search:  # logprobs of either kind are refused with beams
         broken |= _broken_beam_logprobs(body, max_tokens)
     width = body.num_sequences if body.use_beam_search else 1

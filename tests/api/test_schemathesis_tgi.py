@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from gpt2serve.server.api.errors import APIError
 from gpt2serve.server.api.tgi_protocol import TGIParameters, TGIRequest
+from gpt2serve.server.core.structured_output import GrammarError
 from gpt2serve.server.engine.engine import Engine, EngineConfig
 from support.http_server import running_server
 
@@ -59,6 +60,12 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
         return {exc.param} & BEAM_RULE_FIELDS if _asks_beam_rules(raw_body) else set()
     parameters = body.parameters or TGIParameters()
     broken = set()
+    spec = parameters.structured_output()
+    if spec is not None:  # the grammar must compile
+        try:
+            ctx.engine.grammars.compile_now(spec)
+        except GrammarError:
+            broken.add("grammar")
     if parameters.uses_beams:
         broken |= {n for n in ("decoder_input_details", "top_n_tokens") if getattr(parameters, n)}
     streams = path == "/generate_stream" or (path == "/" and body.stream)
@@ -83,13 +90,14 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
 
 
 BEAM_RULE_FIELDS = {"num_beams", "length_penalty", "early_stopping", "temperature", "top_p",
-                    "top_k"}  # fmt: skip
+                    "top_k", "grammar"}  # fmt: skip
 
 
 def _asks_beam_rules(raw_body: Any) -> bool:
     parameters = raw_body.get("parameters") if isinstance(raw_body, dict) else None
     return isinstance(parameters, dict) and any(
-        parameters.get(n) is not None for n in ("num_beams", "length_penalty", "early_stopping")
+        parameters.get(n) is not None
+        for n in ("num_beams", "length_penalty", "early_stopping", "grammar")
     )
 
 

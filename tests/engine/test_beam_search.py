@@ -161,3 +161,13 @@ def test_a_stop_string_ends_hypotheses_as_hf_stopping_criteria_do(make_engine) -
     best = outputs[0]
     assert best.token_ids == [13] and best.text == "" and best.stop_reason == "."
     assert all("." not in o.text for o in outputs)  # a hit leaves the running beams
+
+
+def test_a_beam_search_reports_its_queue_time_once(make_engine) -> None:
+    engine = make_engine()
+    prompt, params = beam_request(20, seed=3, width=3, max_tokens=4)
+    engine.add_request("b", engine.request_limits.check(prompt, params))
+    engine.step()
+    assert len(engine.last_step_stats.queue_times) == 1
+    engine.step()
+    assert engine.last_step_stats.queue_times == []

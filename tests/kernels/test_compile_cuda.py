@@ -30,6 +30,7 @@ def _configs() -> Iterator[tuple[Any, str, dict[str, str], dict[str, Any], int]]
         _decode_reduce_kernel,
         _prefill_attention_kernel,
     )
+    from gpt2serve.kernels.bitmask import _apply_token_bitmask_kernel
     from gpt2serve.kernels.block_copy import _copy_blocks_kernel
     from gpt2serve.kernels.kv_cache import _write_kv_cache_kernel
     from gpt2serve.kernels.logprobs import _chosen_logprob_kernel
@@ -41,6 +42,8 @@ def _configs() -> Iterator[tuple[Any, str, dict[str, str], dict[str, Any], int]]
     for dtype in ("fp16", "bf16", "fp32"):
         yield _write_kv_cache_kernel, dtype, {"slot_ptr": "*i64"}, {"BLOCK": 1024}, 4
         yield _copy_blocks_kernel, dtype, {"block_mapping_ptr": "*i64"}, {"BLOCK": 1024}, 4
+        bitmask_ptrs = {"bitmask_ptr": "*i32", "row_indices_ptr": "*i64"}
+        yield _apply_token_bitmask_kernel, dtype, bitmask_ptrs, {"BLOCK_WORDS": 128}, 4
         tiles = [(16, 32, 64), (32, 32, 16)] + ([] if dtype == "fp32" else [(64, 64, 128)])
         for m, n, d in tiles:
             constexprs = {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_D": d, "UPCAST": False}
@@ -116,7 +119,7 @@ def test_every_kernel_compiles_for_sm90(triton_folder: str) -> None:
     if proc.returncode == SKIP_EXIT:
         pytest.skip("this Triton build has no CUDA compiler")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "compiled 35 kernel configurations" in proc.stdout
+    assert "compiled 38 kernel configurations" in proc.stdout
     if triton_folder:  # it really was that Triton
         assert proc.stdout.strip().endswith(f"with Triton {folder_version(triton_folder)}")
 

@@ -1,0 +1,106 @@
+"""The request fields that constrain output: OpenAI's `response_format`, vLLM's `guided_*` and
+`structured_outputs`, read into one `StructuredOutput` (at most one constraint per request)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from gpt2serve.server.core.field_checks import SamplingParamsError
+from gpt2serve.server.core.structured_output import StructuredOutput
+
+
+class JsonSchemaFormat(BaseModel):
+    """`response_format.json_schema`: OpenAI's named schema (`strict` is always honoured)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's `response_format`."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputsParams(BaseModel):
+    """vLLM's newer `structured_outputs` object (one of its fields)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    json_: dict[str, Any] | str | None = Field(None, alias="json")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: StrictBool | None = None
+
+
+class StructuredFields(BaseModel):
+    """Mixed into the completions and chat bodies."""
+
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    guided_decoding_backend: str | None = None  # vLLM's; there is one backend here (xgrammar)
+    structured_outputs: StructuredOutputsParams | None = None
+
+    def structured_output(self) -> StructuredOutput | None:
+        """The one constraint this body asks for; SamplingParamsError naming a second one."""
+        found = [spec for spec in self._specs() if spec is not None]
+        if len(found) > 1:
+            raise SamplingParamsError(
+                found[1].param,
+                f"{found[0].param} and {found[1].param} both constrain the output; send one",
+            )
+        return found[0] if found else None
+
+    def _specs(self) -> list[StructuredOutput | None]:
+        specs = [_from_response_format(self.response_format)]
+        if self.guided_json is not None:
+            specs.append(StructuredOutput.json_schema(self.guided_json, "guided_json"))
+        if self.guided_regex is not None:
+            specs.append(StructuredOutput("regex", self.guided_regex, "guided_regex"))
+        if self.guided_choice is not None:
+            specs.append(StructuredOutput.choice(self.guided_choice, "guided_choice"))
+        if self.guided_grammar is not None:
+            specs.append(StructuredOutput("grammar", self.guided_grammar, "guided_grammar"))
+        return specs + _from_structured_outputs(self.structured_outputs)
+
+
+def _from_response_format(response_format: ResponseFormat | None) -> StructuredOutput | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return StructuredOutput("json_object", "", "response_format")
+    param = "response_format.json_schema"
+    fmt = response_format.json_schema
+    if fmt is None or fmt.json_schema is None:
+        raise SamplingParamsError(param, f"{param}.schema is required for type json_schema")
+    return StructuredOutput.json_schema(fmt.json_schema, f"{param}.schema")
+
+
+def _from_structured_outputs(params: StructuredOutputsParams | None) -> list[StructuredOutput]:
+    if params is None:
+        return []
+    specs = []
+    if params.json_ is not None:
+        specs.append(StructuredOutput.json_schema(params.json_, "structured_outputs.json"))
+    if params.regex is not None:
+        specs.append(StructuredOutput("regex", params.regex, "structured_outputs.regex"))
+    if params.choice is not None:
+        specs.append(StructuredOutput.choice(params.choice, "structured_outputs.choice"))
+    if params.grammar is not None:
+        specs.append(StructuredOutput("grammar", params.grammar, "structured_outputs.grammar"))
+    if params.json_object:
+        specs.append(StructuredOutput("json_object", "", "structured_outputs.json_object"))
+    return specs
