@@ -80,8 +80,9 @@ def test_include_stop_str_in_output_keeps_the_stop_string_like_vllm(base_url) ->
         ("min_length", 5, "min_tokens"),
         ("eos_token_id", 13, "stop_token_ids"),
         ("typical_p", 0.9, "top_p"),
-        ("num_beams", 4, "beam search is not supported"),
-        ("length_penalty", 1.0, "beam search"),
+        ("num_beams", 4, "use_beam_search: true with best_of"),
+        ("diversity_penalty", 0.5, "group (diverse) beam search is not supported"),
+        ("length_penalty", 2.0, "beam search only"),  # vLLM's field, refused without beams
     ],
 )
 def test_hf_generate_fields_are_refused_naming_the_openai_field(base_url, field, value, instead):

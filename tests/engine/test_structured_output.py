@@ -176,3 +176,15 @@ def test_the_grammar_cache_compiles_once_is_bounded_and_times_out(tokenizer) -> 
         service.compile_now(StructuredOutput("regex", pattern, "guided_regex"))
     assert len(service._cache) == 2 and spec.key not in service._cache  # least recent out
     service.shutdown()
+
+
+def test_prefix_cache_hits_do_not_change_constrained_output(engine) -> None:
+    spec = StructuredOutput.json_schema(SCHEMAS[6], "guided_json")
+    prompt = random_prompt(70, 4)  # four full blocks the second request finds cached
+    params = constrained(spec, seed=8)
+    e = engine()
+    first = texts(run_to_completion(e, {"a": (prompt, params)})["a"])
+    second = texts(run_to_completion(e, {"b": (prompt, params)})["b"])
+    assert e.block_manager.prefix_cache_hits >= 64
+    assert first == second
+    check(spec, second[0])

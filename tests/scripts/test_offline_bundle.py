@@ -78,7 +78,8 @@ def test_bundle_contents(bundle: Path) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text())
     wheels = [Path(f) for f in manifest["files"] if f.startswith("wheels/")]
     projects = {bundle_script.wheel_project(w) for w in wheels}
-    assert {"gpt2serve", "fastapi", "pydantic-core", "uvicorn", "tiktoken"} <= projects
+    assert {"gpt2serve", "fastapi", "pydantic-core", "uvicorn", "tiktoken", "xgrammar",
+            "transformers"} <= projects  # fmt: skip
     assert not projects & {"torch", "triton"} and not any(p.startswith("nvidia") for p in projects)
     assert manifest["excluded"] == ["torch", "triton"]
     assert manifest["total_bytes"] == sum(manifest["files"].values())
