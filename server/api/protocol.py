@@ -69,6 +69,16 @@ MAX_LOGGED_UNKNOWN_FIELDS = 256
 logger = logging.getLogger(__name__)
 
 
+def log_unknown_once(key: object, seen: set[str], what: str) -> None:
+    """A WARNING the first time an ignored name arrives (`seen` remembers it)."""
+    # Bounded: a client inventing names must not grow the set (or the log) forever.
+    if len(seen) < MAX_LOGGED_UNKNOWN_FIELDS and (
+        isinstance(key, str) and len(key) <= 64 and key not in seen
+    ):
+        seen.add(key)
+        logger.warning("ignoring unknown %s %r (logged once per name)", what, key)
+
+
 class OpenAIModel(BaseModel):
     """Base: unknown fields are ignored as vLLM does."""
 
@@ -99,12 +109,7 @@ class SamplingFields(StructuredFields, OpenAIModel):
                     f"send {HF_GENERATE_FIELDS[key]} instead",
                     key,
                 )
-            # Bounded: a client inventing names must not grow the set (or the log) forever.
-            if len(_logged_unknown_fields) < MAX_LOGGED_UNKNOWN_FIELDS and (
-                isinstance(key, str) and len(key) <= 64 and key not in _logged_unknown_fields
-            ):
-                _logged_unknown_fields.add(key)
-                logger.warning("ignoring unknown request field %r (logged once per name)", key)
+            log_unknown_once(key, _logged_unknown_fields, "request field")
         return data
 
     model: str | None = None

@@ -19,13 +19,13 @@ from starlette.requests import Request as HTTPRequest
 
 from gpt2serve.server.api.errors import INTERNAL_ERROR_MESSAGE, APIError
 from gpt2serve.server.api.openai_format import token_string
-from gpt2serve.server.api.serving import Admission, ServingContext, new_request_id
+from gpt2serve.server.api.serving import ServingContext, new_request_id
 from gpt2serve.server.api.sse import sse_event
 from gpt2serve.server.api.streaming import (
     AdmittedStreamingResponse,
     RequestTracker,
+    collected,
     merged_outputs,
-    unless_disconnected,
 )
 from gpt2serve.server.api.tgi_protocol import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -64,7 +64,7 @@ async def generate(
     admission = ctx.admit(parameters.num_beams if parameters.uses_beams else 1)
     if stream:
         return AdmittedStreamingResponse(_guarded_events(ctx, job.events()), admission)
-    result = await _collected(job, http, admission)
+    result = await collected(job.collect(), http, admission)
     return JSONResponse([result] if compat else result)
 
 
@@ -253,16 +253,6 @@ class _GenerateJob:
                 details = self._end_details(output)
                 event["details"] = {**details, "input_length": len(self.request.prompt_token_ids)}
         return event
-
-
-async def _collected(job: _GenerateJob, http: HTTPRequest, admission: Admission) -> dict[str, Any]:
-    """A whole answer; the admission is released however it ends."""
-    try:
-        return await unless_disconnected(job.collect(), http)
-    except EngineDeadError as exc:
-        raise APIError(503, str(exc), code="engine_dead") from exc
-    finally:
-        admission.release()
 
 
 async def _guarded_events(

@@ -95,16 +95,23 @@ async def unless_disconnected(awaitable: Awaitable[T], http_request: HTTPRequest
                 await task
 
 
-async def collected_response(
+async def collected(
     awaitable: Awaitable[dict[str, Any]], http_request: HTTPRequest, admission: Admission
-) -> JSONResponse:
-    """A non-streamed answer; the admission is released however it ends."""
+) -> dict[str, Any]:
+    """A non-streamed answer's body; the admission is released however it ends."""
     try:
-        return JSONResponse(await unless_disconnected(awaitable, http_request))
+        return await unless_disconnected(awaitable, http_request)
     except EngineDeadError as exc:
         raise APIError(503, str(exc), code="engine_dead") from exc
     finally:
         admission.release()
+
+
+async def collected_response(
+    awaitable: Awaitable[dict[str, Any]], http_request: HTTPRequest, admission: Admission
+) -> JSONResponse:
+    """A non-streamed answer as JSON; the admission is released however it ends."""
+    return JSONResponse(await collected(awaitable, http_request, admission))
 
 
 async def guarded_sse(

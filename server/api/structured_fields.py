@@ -65,16 +65,14 @@ class StructuredFields(BaseModel):
         return found[0] if found else None
 
     def _specs(self) -> list[StructuredOutput | None]:
-        specs = [_from_response_format(self.response_format)]
-        if self.guided_json is not None:
-            specs.append(StructuredOutput.json_schema(self.guided_json, "guided_json"))
-        if self.guided_regex is not None:
-            specs.append(StructuredOutput("regex", self.guided_regex, "guided_regex"))
-        if self.guided_choice is not None:
-            specs.append(StructuredOutput.choice(self.guided_choice, "guided_choice"))
-        if self.guided_grammar is not None:
-            specs.append(StructuredOutput("grammar", self.guided_grammar, "guided_grammar"))
-        return specs + _from_structured_outputs(self.structured_outputs)
+        guided = _specs_of("guided_", self.guided_json, self.guided_regex, self.guided_choice,
+                           self.guided_grammar)  # fmt: skip
+        outputs = self.structured_outputs or StructuredOutputsParams()
+        nested = _specs_of("structured_outputs.", outputs.json_, outputs.regex, outputs.choice,
+                           outputs.grammar)  # fmt: skip
+        if outputs.json_object:
+            nested.append(StructuredOutput("json_object", "", "structured_outputs.json_object"))
+        return [_from_response_format(self.response_format), *guided, *nested]
 
 
 def _from_response_format(response_format: ResponseFormat | None) -> StructuredOutput | None:
@@ -89,18 +87,17 @@ def _from_response_format(response_format: ResponseFormat | None) -> StructuredO
     return StructuredOutput.json_schema(fmt.json_schema, f"{param}.schema")
 
 
-def _from_structured_outputs(params: StructuredOutputsParams | None) -> list[StructuredOutput]:
-    if params is None:
-        return []
+def _specs_of(
+    prefix: str, schema: object, regex: str | None, choice: list[str] | None, grammar: str | None
+) -> list[StructuredOutput]:
+    """vLLM's four kinds, as `guided_*` or `structured_outputs.*` name them."""
     specs = []
-    if params.json_ is not None:
-        specs.append(StructuredOutput.json_schema(params.json_, "structured_outputs.json"))
-    if params.regex is not None:
-        specs.append(StructuredOutput("regex", params.regex, "structured_outputs.regex"))
-    if params.choice is not None:
-        specs.append(StructuredOutput.choice(params.choice, "structured_outputs.choice"))
-    if params.grammar is not None:
-        specs.append(StructuredOutput("grammar", params.grammar, "structured_outputs.grammar"))
-    if params.json_object:
-        specs.append(StructuredOutput("json_object", "", "structured_outputs.json_object"))
+    if schema is not None:
+        specs.append(StructuredOutput.json_schema(schema, f"{prefix}json"))
+    if regex is not None:
+        specs.append(StructuredOutput("regex", regex, f"{prefix}regex"))
+    if choice is not None:
+        specs.append(StructuredOutput.choice(choice, f"{prefix}choice"))
+    if grammar is not None:
+        specs.append(StructuredOutput("grammar", grammar, f"{prefix}grammar"))
     return specs

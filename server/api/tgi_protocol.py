@@ -6,13 +6,17 @@ bound comes from `core.sampling_params`, as for the OpenAI bodies, so ranges and
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from gpt2serve.server.api.errors import APIError
-from gpt2serve.server.api.protocol import NUMBER, bounded, early_stopping_value
+from gpt2serve.server.api.protocol import (
+    NUMBER,
+    bounded,
+    early_stopping_value,
+    log_unknown_once,
+)
 from gpt2serve.server.core import sampling_params as bounds
 from gpt2serve.server.core.sampling_params import SamplingParams, SamplingParamsError
 from gpt2serve.server.core.structured_output import StructuredOutput
@@ -49,8 +53,6 @@ TGI_REFUSED_FIELDS = {
     "diversity_penalty": "nothing: group beam search is not supported",
 }
 _logged_unknown_fields: set[str] = set()
-MAX_LOGGED_UNKNOWN_FIELDS = 256
-logger = logging.getLogger(__name__)
 
 
 def tgi_error_body(message: str, error_type: str) -> dict[str, str]:
@@ -59,12 +61,7 @@ def tgi_error_body(message: str, error_type: str) -> dict[str, str]:
 
 
 def _log_unknown_once(key: object) -> None:
-    # Bounded: a client inventing names must not grow the set (or the log) forever.
-    if len(_logged_unknown_fields) < MAX_LOGGED_UNKNOWN_FIELDS and (
-        isinstance(key, str) and len(key) <= 64 and key not in _logged_unknown_fields
-    ):
-        _logged_unknown_fields.add(key)
-        logger.warning("ignoring unknown TGI request field %r (logged once per name)", key)
+    log_unknown_once(key, _logged_unknown_fields, "TGI request field")
 
 
 class TGIModel(BaseModel):
