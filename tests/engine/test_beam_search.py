@@ -34,6 +34,9 @@ CASES = [
     dict(best_of=4, n=2, no_repeat_ngram_size=2),
     dict(best_of=4, n=1, repetition_penalty=1.5, length_penalty=-0.5),
     dict(best_of=8, n=8, no_repeat_ngram_size=3, repetition_penalty=1.2, early_stopping=True),
+    # EOS pushed up but banned for 5 tokens: hypotheses end on it, at different lengths.
+    dict(best_of=4, n=4, min_tokens=5, logit_bias={EOS: 40.0}, length_penalty=0.5),
+    dict(best_of=3, n=2, logit_bias={EOS: 28.0, 13: 26.0}, early_stopping=True),
 ]
 
 

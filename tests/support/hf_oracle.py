@@ -40,6 +40,10 @@ def hf_beam_search(hf, prompt: list[int], params: SamplingParams) -> list[tuple[
     extra = {}
     if params.no_repeat_ngram_size:
         extra["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+    if params.min_tokens:
+        extra["min_new_tokens"] = params.min_tokens
+    if params.logit_bias:  # HF's single-token sequence_bias is OpenAI's logit_bias
+        extra["sequence_bias"] = {(token,): bias for token, bias in params.logit_bias.items()}
     with torch.no_grad():
         out = hf.generate(
             torch.tensor([prompt]), do_sample=False, num_beams=params.beam_width,
