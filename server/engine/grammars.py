@@ -38,7 +38,7 @@ class GrammarService:
         self.timeout = timeout
         self._backend_factory = backend_factory
         self._backend: GrammarBackend | None = None  # built on the first compile (seconds)
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="grammar-compile")
+        self._executor: ThreadPoolExecutor | None = None  # started on the first compile
         self._cache: OrderedDict[tuple[str, str], Future] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -50,6 +50,8 @@ class GrammarService:
             if future is not None and not future.cancelled():
                 self._cache.move_to_end(spec.key)
                 return future
+            if self._executor is None:  # first use, or the engine was restarted
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="grammar-compile")
             future = self._executor.submit(self._compile, spec)
             self._cache[spec.key] = future
             while len(self._cache) > self.cache_size:
@@ -73,8 +75,13 @@ class GrammarService:
         return too_slow(spec, self.timeout)
 
     def shutdown(self) -> None:
-        """Stop the worker thread (pending compiles are cancelled)."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker thread (pending compiles are cancelled); a later submit restarts it."""
+        with self._lock:
+            executor, self._executor = self._executor, None
+            for key in [k for k, f in self._cache.items() if not f.done()]:
+                del self._cache[key]  # cancelled below: never hand one out again
+        if executor is not None:
+            executor.shutdown(wait=False, cancel_futures=True)
 
 
 def too_slow(spec: StructuredOutput, timeout: float) -> GrammarError:

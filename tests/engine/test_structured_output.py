@@ -188,3 +188,14 @@ def test_prefix_cache_hits_do_not_change_constrained_output(engine) -> None:
     assert e.block_manager.prefix_cache_hits >= 64
     assert first == second
     check(spec, second[0])
+
+
+def test_the_grammar_service_restarts_after_a_shutdown(tokenizer) -> None:
+    # An engine served by one app, shut down, then served again (tests, reloads) still compiles.
+    service = GrammarService(tokenizer)
+    spec = StructuredOutput("regex", "[ab]{2}", "guided_regex")
+    first = service.compile_now(spec)
+    service.shutdown()
+    assert service.compile_now(spec) is first  # finished compiles stay cached
+    assert service.compile_now(StructuredOutput("regex", "c+", "guided_regex")) is not None
+    service.shutdown()
