@@ -105,9 +105,15 @@ def playground_config(settings: ServerSettings, ctx: Any) -> dict[str, Any]:
         _param("seed", "integer", bounds.SEED, defaults["seed"]),
         _param("logprobs", "integer", bounds.LOGPROBS, defaults["logprobs"]),
     ]
+    # Beam search's own controls (best_of None: n beams); drawn in a group of their own.
+    beam = [
+        _param("best_of", "integer", bounds.BEST_OF, defaults["best_of"]),
+        _param("length_penalty", "number", bounds.LENGTH_PENALTY, defaults["length_penalty"]),
+    ]
     return {
         "auth_required": bool(settings.api_key),
         "params": params,
+        "beam_params": beam,
         "stop": {
             "max_count": bounds.MAX_STOP_STRINGS,
             "max_length": bounds.MAX_STOP_STRING_LEN,

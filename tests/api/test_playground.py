@@ -36,6 +36,8 @@ TABLE = {
     "seed": bounds.SEED,
     "logprobs": bounds.LOGPROBS,
 }
+# Beam search's controls, drawn in their own group.
+BEAM_TABLE = {"best_of": bounds.BEST_OF, "length_penalty": bounds.LENGTH_PENALTY}
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +117,21 @@ def test_config_is_the_bounds_table(server: str) -> None:
     assert config["auth_required"] is False
 
 
+def test_beam_search_config_is_the_bounds_table(server: str) -> None:
+    config = httpx.get(f"{server}/playground/config.json").json()
+    beam = {p["name"]: p for p in config["beam_params"]}
+    assert list(beam) == list(BEAM_TABLE)
+    defaults = {f.name: f.default for f in dataclasses.fields(SamplingParams)}
+    for name, bound in BEAM_TABLE.items():
+        param = beam[name]
+        assert (param["min"], param["max"]) == (bound.low, bound.high), name
+        assert param["min_exclusive"] == bound.low_open, name
+        assert param["default"] == defaults[name], name
+    assert beam["best_of"]["type"] == "integer" and beam["best_of"]["default"] is None  # n beams
+    assert beam["best_of"]["max"] == bounds.MAX_BEAM_WIDTH
+    assert beam["length_penalty"]["type"] == "number"
+
+
 def test_config_agrees_with_the_openapi_document(server: str) -> None:
     config = httpx.get(f"{server}/playground/config.json").json()
     spec = httpx.get(f"{server}/openapi.json").json()
@@ -123,7 +140,7 @@ def test_config_agrees_with_the_openapi_document(server: str) -> None:
     # Completions take max_tokens 0 (scoring only); the page generates, as chat does.
     chat = schemas["ChatCompletionRequest"]["properties"]
     properties["max_tokens"] = chat["max_completion_tokens"]
-    for param in config["params"]:
+    for param in config["params"] + config["beam_params"]:
         schema = properties[param["name"]]
         schema = schema["anyOf"][0] if "anyOf" in schema else schema
         low = schema.get("exclusiveMinimum", schema.get("minimum"))

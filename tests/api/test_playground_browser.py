@@ -27,6 +27,8 @@ API_KEY = "playground-key"
 RUNNING = "gpt2serve_num_requests_running"
 KV_USAGE = "gpt2serve_kv_cache_usage_perc"
 GEN_TEXT = "[...document.querySelectorAll('#output .gen')].map((e) => e.textContent).join('')"
+SAMPLING_ONLY = ["logprobs", "min_p", "temperature", "top_k", "top_p"]
+BOOLEAN_OK = '{"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}'
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,39 @@ def set_param(page: CdpPage, name: str, text: str) -> None:
     page.fill(f"#p-{name}", text)
 
 
+def choose(page: CdpPage, selector: str, value: str) -> None:
+    """Pick an option of a <select>, as a person would (the change event fires)."""
+    page.evaluate(
+        f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+        f" e.value = {json.dumps(value)}; e.dispatchEvent(new Event('change')); }})()"
+    )
+
+
+def record_requests(page: CdpPage) -> None:
+    """From now on the page's request bodies collect in `window.__bodies`."""
+    page.evaluate(
+        "(() => { window.__bodies = []; const send = window.fetch;"
+        " window.fetch = (url, options) => { if (options && options.body)"
+        " window.__bodies.push(JSON.parse(options.body)); return send(url, options); }; })()"
+    )
+
+
+def last_body(page: CdpPage) -> dict[str, Any]:
+    return json.loads(page.evaluate("JSON.stringify(window.__bodies.at(-1))"))
+
+
+def copied(page: CdpPage, kind: str) -> str:
+    """The snippet Copy curl / Copy Python puts on the page."""
+    page.evaluate("document.querySelector('#code').textContent = ''")
+    page.click(f"#copy-{kind}")
+    return page.wait_for("document.querySelector('#code').textContent")
+
+
+def error_text(page: CdpPage) -> str:
+    shown = "!document.querySelector('#error').hidden && document.querySelector('#error')"
+    return page.wait_for(f"{shown}.textContent", what="an error")
+
+
 def generate(page: CdpPage) -> str:
     """Click Generate and wait for the run to end; the stats line."""
     runs = page.evaluate("state.runs")
@@ -88,7 +123,7 @@ def test_every_control_has_a_label(page: CdpPage) -> None:
     assert unlabelled == []
     # The controls come from the server's table: every bound is there, with its default.
     config = json.loads(page.evaluate("JSON.stringify(state.config)"))
-    for param in config["params"]:
+    for param in config["params"] + config["beam_params"]:
         field = json.loads(page.evaluate(
             f"(() => {{ const e = document.querySelector('#p-{param['name']}');"
             " return JSON.stringify([e.min, e.max, e.value]); })()"
@@ -124,6 +159,7 @@ def test_completion_streams_text_with_stats(page: CdpPage) -> None:
     page.click("#copy-curl")  # the README's screenshot shows the request as curl too
     page.wait_for("document.querySelector('#copy-status').textContent.includes(':')")
     assert '"seed":9007199254740993' in page.evaluate("document.querySelector('#code').textContent")
+    page.evaluate("window.scrollTo(0, 0)")  # the page is taller than the screen: show its top
     page.screenshot(artifact("playground.png"))
 
 
@@ -208,6 +244,124 @@ def test_copied_python_runs(page: CdpPage, tmp_path: Path) -> None:
     curl = page.wait_for("/^curl/.test(document.querySelector('#code').textContent) &&"
                          " document.querySelector('#code').textContent")  # fmt: skip
     assert "/v1/completions" in curl and '"max_tokens":5' in curl
+
+
+def test_beam_search(page: CdpPage, tmp_path: Path) -> None:
+    record_requests(page)
+    page.fill("#prompt", "The beams say")
+    set_param(page, "max_tokens", "8")
+    set_param(page, "temperature", "0.7")  # sampling controls: left out while beams are on
+    set_param(page, "logprobs", "2")
+    set_param(page, "n", "2")
+    page.click("#beam-box > summary")
+    assert page.evaluate("document.querySelector('#p-best_of').disabled") is True
+    page.click("#p-use-beam-search")
+    disabled = page.evaluate(
+        "[...document.querySelectorAll('#params input:disabled')].map((e) => e.name).sort()"
+    )
+    assert disabled == SAMPLING_ONLY
+    assert page.evaluate("document.querySelector('#beam-status').textContent") == "— on"
+    set_param(page, "best_of", "3")
+    choose(page, "#p-early-stopping", "never")
+    stats = generate(page)
+    assert page.evaluate("document.querySelector('#error').hidden") is True, error_text(page)
+    assert "finish:" in stats, stats
+    body = last_body(page)
+    assert body["use_beam_search"] is True and body["best_of"] == 3 and body["n"] == 2
+    assert body["early_stopping"] == "never"
+    assert not set(SAMPLING_ONLY) & set(body), body
+    texts = page.evaluate(
+        "[...document.querySelectorAll('#output .gen')].map((e) => e.textContent)"
+    )
+    assert len(texts) == 2 and all(texts), texts
+    page.screenshot(artifact("playground-beam.png"))
+    # The snippets carry the beam fields: best_of is an SDK argument of completions, the rest
+    # vLLM's (extra_body).
+    code = copied(page, "python")
+    assert "best_of=3" in code and "temperature" not in code, code
+    assert 'extra_body={"use_beam_search": True, "early_stopping": "never"}' in code, code
+    script = tmp_path / "beams.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert '"use_beam_search":true,"best_of":3' in copied(page, "curl")
+    page.click("#p-use-beam-search")  # off again: sampling back, the beam controls off
+    assert page.evaluate("document.querySelectorAll('#params input:disabled').length") == 0
+    assert page.evaluate("document.querySelector('#p-best_of').disabled") is True
+
+
+def test_json_schema_output(page: CdpPage, tmp_path: Path) -> None:
+    record_requests(page)
+    page.fill("#prompt", "Is it ok?")
+    set_param(page, "max_tokens", "48")
+    page.click("#format-box > summary")
+    assert page.evaluate("document.querySelector('#format-spec-box').hidden") is True
+    choose(page, "#format", "json_schema")
+    assert (
+        page.evaluate("document.querySelector('#format-spec-label').textContent") == "JSON schema"
+    )
+    page.fill("#format-spec", BOOLEAN_OK)
+    stats = generate(page)
+    assert page.evaluate("document.querySelector('#error').hidden") is True, error_text(page)
+    assert "finish: stop" in stats, stats
+    output = json.loads(page.evaluate(GEN_TEXT))
+    assert isinstance(output, dict) and isinstance(output["ok"], bool), output
+    schema = json.loads(BOOLEAN_OK)
+    response_format = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    assert last_body(page)["response_format"] == response_format
+    page.screenshot(artifact("playground-structured.png"))
+    # Copied, it runs and prints JSON too (completions take response_format in extra_body).
+    code = copied(page, "python")
+    assert 'extra_body={"response_format": {"type": "json_schema"' in code, code
+    script = tmp_path / "schema.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout)["ok"], bool), done.stdout
+    assert '"response_format":{"type":"json_schema"' in copied(page, "curl")
+    # Chat: response_format is an SDK argument there.
+    page.click("input[name=mode][value=chat]")
+    page.fill("#user-input", "Is it ok?")
+    assert 'response_format={"type": "json_schema"' in copied(page, "python")
+
+
+def test_choice_and_regex_output(page: CdpPage) -> None:
+    record_requests(page)
+    page.click("#format-box > summary")
+    choose(page, "#format", "choice")
+    page.fill("#format-spec", "yes\nno\n")
+    generate(page)
+    assert last_body(page)["guided_choice"] == ["yes", "no"]
+    assert page.evaluate(GEN_TEXT) in ("yes", "no")
+    choose(page, "#format", "regex")
+    page.fill("#format-spec", "[0-9]{3}")
+    generate(page)
+    assert last_body(page)["guided_regex"] == "[0-9]{3}"
+    text = page.evaluate(GEN_TEXT)
+    assert len(text) == 3 and text.isdigit(), text
+    assert page.evaluate("document.querySelector('#format-status').textContent") == "— regex"
+
+
+def test_a_bad_schema_is_an_error_in_the_page(page: CdpPage) -> None:
+    record_requests(page)
+    page.click("#format-box > summary")
+    choose(page, "#format", "json_schema")
+    page.fill("#format-spec", '{"type": "object",')
+    page.click("#send")
+    error = error_text(page)
+    assert error.startswith("Output format: the JSON schema is not valid JSON ("), error
+    assert page.evaluate("window.__bodies.length") == 0  # nothing was sent
+    assert page.evaluate("document.activeElement.id") == "format-spec"
+    assert page.evaluate("document.querySelector('#format-spec').ariaInvalid") == "true"
+    page.click("#copy-curl")  # no snippet of a request that cannot be sent
+    assert page.evaluate("document.querySelector('#code').textContent") == ""
+    # JSON, but no schema the server can compile: its 400, naming the field.
+    page.fill("#format-spec", '{"type": "nonsense"}')
+    generate(page)
+    error = error_text(page)
+    assert error.startswith("400 Bad request: "), error
+    assert "(field: response_format.json_schema.schema)" in error, error
+    assert page.evaluate("document.querySelector('#format-spec').ariaInvalid") is None
 
 
 def test_phone_viewport(page: CdpPage) -> None:

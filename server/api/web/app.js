@@ -8,10 +8,15 @@ const KEY_STORE = 'gpt2serve.apiKey';
 // `extra_body` (the SDK refuses unknown keyword arguments).
 const SDK_FIELDS = {
   completion: ['prompt', 'max_tokens', 'temperature', 'top_p', 'n', 'stop', 'seed', 'logprobs',
-    'presence_penalty', 'frequency_penalty', 'stream'],
+    'presence_penalty', 'frequency_penalty', 'best_of', 'stream'],
   chat: ['messages', 'max_tokens', 'temperature', 'top_p', 'n', 'stop', 'seed', 'logprobs',
-    'top_logprobs', 'presence_penalty', 'frequency_penalty', 'stream'],
+    'top_logprobs', 'presence_penalty', 'frequency_penalty', 'response_format', 'stream'],
 };
+// Beam search does not sample: the server refuses these with use_beam_search.
+const SAMPLING_ONLY = ['temperature', 'top_p', 'top_k', 'min_p', 'logprobs'];
+// What the format box's text holds, by output format (none and JSON object take no text).
+const FORMAT_TEXT = { json_schema: 'JSON schema', regex: 'regex (the whole output matches it)',
+  choice: 'choices, one per line' };
 const state = { config: null, model: null, mode: 'completion', history: [], controller: null,
   runs: 0 };
 
@@ -96,10 +101,9 @@ function rangeText(p) {
 }
 
 // One labelled number input per parameter, bounds and defaults as the server sent them.
-function buildParams(config) {
-  const box = $('params');
+function buildParams(params, box) {
   box.replaceChildren();
-  for (const p of config.params) {
+  for (const p of params) {
     const wrap = document.createElement('div');
     const label = document.createElement('label');
     const input = document.createElement('input');
@@ -110,7 +114,7 @@ function buildParams(config) {
     if (p.max !== null) input.max = p.max;
     input.step = p.type === 'integer' ? '1' : 'any';
     if (p.default !== null) input.value = p.default;
-    else input.placeholder = 'off';
+    else input.placeholder = p.name === 'best_of' ? 'n' : 'off'; // best_of: n beams
     label.htmlFor = input.id;
     label.append(`${p.name} `);
     const range = document.createElement('span');
@@ -126,22 +130,71 @@ function unescapeStop(line) {
   return line.replace(/\\([nt\\])/g, (_, c) => ({ n: '\n', t: '\t', '\\': '\\' }[c]));
 }
 
-// The request's sampling fields: only what differs from the server's defaults (so the copied
-// request says what was chosen), max_tokens always.
-function samplingFields() {
-  const out = {};
-  for (const p of state.config.params) {
-    const raw = $(`p-${p.name}`).value.trim();
-    if (raw === '') continue;
+// Only what differs from the server's defaults (so the copied request says what was chosen),
+// max_tokens always; a disabled control is left out.
+function readParams(params, out) {
+  for (const p of params) {
+    const input = $(`p-${p.name}`);
+    const raw = input.value.trim();
+    if (raw === '' || input.disabled) continue;
     if (p.name === 'seed') { out.seed = raw; continue; } // digits, sent exactly (see toJSON)
     const value = Number(raw);
     if (p.name !== 'max_tokens' && value === p.default) continue;
     out[p.name] = value;
   }
+}
+
+// The request's sampling fields, beam search's among them.
+function samplingFields() {
+  const out = {};
+  readParams(state.config.params, out);
   const stops = $('p-stop').value.split('\n').filter((s) => s !== '').map(unescapeStop);
   if (stops.length) out.stop = stops;
   if ($('p-ignore-eos').checked) out.ignore_eos = true;
+  if ($('p-use-beam-search').checked) {
+    out.use_beam_search = true;
+    readParams(state.config.beam_params, out);
+    const early = $('p-early-stopping').value;
+    if (early !== 'false') out.early_stopping = early === 'true' || early;
+  }
   return out;
+}
+
+// The output constraint as the server's field. A schema that is not JSON throws: the page says
+// so and sends nothing.
+function formatFields() {
+  const kind = $('format').value;
+  const spec = $('format-spec');
+  if (spec.hasAttribute('aria-invalid')) { spec.removeAttribute('aria-invalid'); showError(''); }
+  if (kind === 'json_object') return { response_format: { type: 'json_object' } };
+  if (kind === 'regex') return { guided_regex: spec.value.replace(/\n+$/, '') };
+  if (kind === 'choice') return { guided_choice: spec.value.split('\n').filter((c) => c !== '') };
+  if (kind !== 'json_schema') return {};
+  try {
+    const schema = JSON.parse(spec.value);
+    return { response_format: { type: 'json_schema', json_schema: { name: 'output', schema } } };
+  } catch (err) {
+    spec.setAttribute('aria-invalid', 'true');
+    $('format-box').open = true;
+    spec.focus();
+    throw new Error(`Output format: the JSON schema is not valid JSON (${err.message}).`);
+  }
+}
+
+// Beam search on: the sampling-only controls are off; off: its own are (the server refuses both).
+function setBeamSearch() {
+  const on = $('p-use-beam-search').checked;
+  for (const name of SAMPLING_ONLY) $(`p-${name}`).disabled = on;
+  for (const p of state.config.beam_params) $(`p-${p.name}`).disabled = !on;
+  $('p-early-stopping').disabled = !on;
+  $('beam-status').textContent = on ? '— on' : '';
+}
+
+function setFormat() {
+  const kind = $('format').value;
+  $('format-spec-box').hidden = !FORMAT_TEXT[kind];
+  $('format-spec-label').textContent = FORMAT_TEXT[kind] || '';
+  $('format-status').textContent = kind ? `— ${$('format').selectedOptions[0].text}` : '';
 }
 
 // JSON with the seed as a bare integer: a seed above 2^53 has no exact JS number.
@@ -151,7 +204,7 @@ function toJSON(body, indent) {
 }
 
 function buildRequest() {
-  const fields = samplingFields();
+  const fields = { ...samplingFields(), ...formatFields() };
   const logprobs = fields.logprobs;
   delete fields.logprobs;
   const body = state.model ? { model: state.model } : {};
@@ -329,7 +382,8 @@ function showError(message) {
 
 async function run() {
   if (state.controller || !state.config) return;
-  const request = buildRequest();
+  let request;
+  try { request = buildRequest(); } catch (err) { showError(err.message); return; }
   if (!request) return;
   showError('');
   const controller = new AbortController();
@@ -438,7 +492,9 @@ function pythonCode(request) {
 
 async function copyCode(kind) {
   if (!state.config) return;
-  const request = buildRequest() || { path: '/v1/chat/completions', body: { messages: [] } };
+  let request;
+  try { request = buildRequest(); } catch (err) { showError(err.message); return; }
+  request = request || { path: '/v1/chat/completions', body: { messages: [] } };
   // The key itself never goes into copied text: the snippet reads it from the environment.
   const text = kind === 'curl' ? curlCommand(request) : pythonCode(request);
   $('code').textContent = text;
@@ -499,6 +555,8 @@ async function start() {
   $('clear').addEventListener('click', clearAll);
   $('copy-curl').addEventListener('click', () => copyCode('curl'));
   $('copy-python').addEventListener('click', () => copyCode('python'));
+  $('format').addEventListener('change', setFormat);
+  setFormat();
   for (const id of ['prompt', 'user-input']) {
     $(id).addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(); }
@@ -512,7 +570,10 @@ async function start() {
   if (matchMedia('(max-width: 48rem)').matches) $('params-box').open = false;
   try {
     state.config = await getJSON('/playground/config.json');
-    buildParams(state.config);
+    buildParams(state.config.params, $('params'));
+    buildParams(state.config.beam_params, $('beam-params'));
+    $('p-use-beam-search').addEventListener('change', setBeamSearch);
+    setBeamSearch();
   } catch (err) {
     showError(`Could not load the parameters: ${describe(err)}`);
   }
