@@ -118,16 +118,6 @@ _COMPLETION_CHOICE = object_schema(
     },
     {"prompt_logprobs": _PROMPT_LOGPROBS},
 )
-_COMPLETION_CHUNK_CHOICE = object_schema(
-    {
-        "index": _COUNT,
-        "text": STRING,
-        "logprobs": nullable(_LEGACY_LOGPROBS),
-        "finish_reason": _FINISH_REASON,
-        "stop_reason": _STOP_REASON,
-    },
-    {"prompt_logprobs": _PROMPT_LOGPROBS},
-)
 _CHAT_CHOICE = object_schema(
     {
         "index": _COUNT,
@@ -170,7 +160,7 @@ RESPONSE_SCHEMAS: dict[str, Schema] = {
     "ErrorResponse": ERROR_RESPONSE,
     "Usage": _USAGE,
     "CompletionResponse": _response("text_completion", _COMPLETION_CHOICE),
-    "CompletionChunk": _chunk("text_completion", _COMPLETION_CHUNK_CHOICE),
+    "CompletionChunk": _chunk("text_completion", _COMPLETION_CHOICE),  # a chunk's choice: same
     "ChatCompletionResponse": _response("chat.completion", _CHAT_CHOICE),
     "ChatCompletionChunk": _chunk("chat.completion.chunk", _CHAT_CHUNK_CHOICE),
     "Model": object_schema(
@@ -229,24 +219,26 @@ GENERATION_RESPONSES = {
 }
 
 
-def sse_event_schema(chunk: str) -> Schema:
+def sse_event_schema(
+    chunk: str,
+    error: str = "ErrorResponse",
+    done: bool = True,
+    description: str = "Each event: `data: <chunk JSON>`, an error envelope, then `data: [DONE]`.",
+) -> Schema:
     """One server-sent event (`schema` of a text/event-stream entry describes each event).
 
-    Its `data` is a JSON chunk, a JSON error envelope (a failure after the 200 went out), or the
-    final `[DONE]`.
+    Its `data` is a JSON chunk, a JSON `error` body (a failure after the 200 went out), or, with
+    `done`, the final `[DONE]`.
     """
-    payload = {"anyOf": [ref(chunk), ref("ErrorResponse")]}
+    json_data = {"contentMediaType": JSON_MEDIA_TYPE,
+                 "contentSchema": {"anyOf": [ref(chunk), ref(error)]}}  # fmt: skip
+    data = {"type": "string", "if": {"const": "[DONE]"}, "else": json_data} if done else {
+        "type": "string", **json_data}  # fmt: skip
     return {
         "type": "object",
         "required": ["data"],
-        "properties": {
-            "data": {
-                "type": "string",
-                "if": {"const": "[DONE]"},
-                "else": {"contentMediaType": JSON_MEDIA_TYPE, "contentSchema": payload},
-            }
-        },
-        "description": "Each event: `data: <chunk JSON>`, an error envelope, then `data: [DONE]`.",
+        "properties": {"data": data},
+        "description": description,
     }
 
 

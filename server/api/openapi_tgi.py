@@ -14,6 +14,7 @@ from gpt2serve.server.api.openapi_schemas import (
     nullable,
     object_schema,
     ref,
+    sse_event_schema,
 )  # fmt: skip
 from gpt2serve.server.api.tgi_protocol import TGIParameters, TGIRequest
 from gpt2serve.server.core import sampling_params as bounds
@@ -84,24 +85,6 @@ def _tgi_error(description: str, headers: dict[str, Schema] | None = None) -> Sc
     return response
 
 
-def _sse_event(event: str) -> Schema:
-    """One server-sent event: a JSON event, or a TGI error once the 200 went out; no [DONE]."""
-    payload = {"anyOf": [ref(event), ref("TGIErrorResponse")]}
-    return {
-        "type": "object",
-        "required": ["data"],
-        "properties": {
-            "data": {
-                "type": "string",
-                "contentMediaType": JSON_MEDIA_TYPE,
-                "contentSchema": payload,
-            }
-        },
-        "description": "Each event: `data: <event JSON>` (the last has generated_text), or an "
-        "error; the stream then ends (TGI sends no [DONE]).",
-    }
-
-
 def document_tgi_operation(path: str, responses: dict[str, Any]) -> None:
     """A TGI route's answers: its 200, and its 400 and 503 in TGI's error shape."""
     whole, event = TGI_PATHS[path]
@@ -109,7 +92,11 @@ def document_tgi_operation(path: str, responses: dict[str, Any]) -> None:
     if whole is not None:
         content[JSON_MEDIA_TYPE] = {"schema": ref(whole)}
     if event is not None:
-        content[SSE_MEDIA_TYPE] = {"schema": _sse_event(event)}
+        content[SSE_MEDIA_TYPE] = {"schema": sse_event_schema(
+            event, "TGIErrorResponse", done=False,
+            description="Each event: `data: <event JSON>` (the last has generated_text), or an "
+            "error; the stream then ends (TGI sends no [DONE]).",
+        )}  # fmt: skip
     streams = {"/generate": "never streams", "/generate_stream": "always streams"}
     description = f"The answer ({streams.get(path, 'streamed with `stream: true`')})."
     responses["200"] = {"description": description, "content": content}

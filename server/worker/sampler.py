@@ -46,6 +46,8 @@ class Sampler:
         beam_rows = [i for i, r in enumerate(requests) if r.is_beam]
         if beam_rows:  # before the sampling path below modifies `logits` in place
             candidates = self.beam_candidates(logits[beam_rows], [requests[i] for i in beam_rows])
+            if len(beam_rows) == len(requests):  # only beams: nothing to draw
+                return SamplerOutput([-1] * len(requests), [None] * len(requests), candidates)
         raw_logits = logits
         if any(p.logprobs is not None for p in params):
             logits = logits.clone()  # logprobs are reported from the unmodified distribution

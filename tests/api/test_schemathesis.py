@@ -32,7 +32,8 @@ from support.http_server import running_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+
+from support import schemathesis_checks as checks  # noqa: E402
 
 # What one request may cost this server; small, so a fuzzed generation is a few decode steps.
 SERVER_LIMITS = {
@@ -187,24 +188,11 @@ def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
 
 
 def call_and_check(live, path: str, case, headers: dict[str, str] | None = None, auth=True):
-    """Send `case` and run every built-in check on the answer (the default set: all of them).
-
-    A schema-valid body that breaks a rule between fields is the one exception: it must be
-    refused, with a 400 naming the rule's field, instead of accepted (unless `auth` is False:
-    then the API key check refuses it first).
-    """
-    url, app = live
-    broken = set()
-    if auth and case.meta.generation.mode.is_positive:
-        broken = broken_cross_field_rules(app.state.ctx, path, case.body)
-    excluded = [positive_data_acceptance] if broken else []
-    response = case.call_and_validate(
-        base_url=url, headers=headers, excluded_checks=excluded, timeout=60
-    )
-    if broken:
-        assert response.status_code == 400, (case.body, response.text)
-        assert response.json()["error"]["param"] in broken, (case.body, response.text)
-    return response
+    """Every built-in check; a broken rule between fields must be a 400 whose `param` names it."""
+    return checks.call_and_check(
+        live, path, case, broken_cross_field_rules,
+        lambda error, broken: error["error"]["param"] in broken, headers, auth,
+    )  # fmt: skip
 
 
 # The generator often leaves `stream` out (an optional field), so positive bodies of the

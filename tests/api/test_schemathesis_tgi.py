@@ -20,7 +20,8 @@ from support.http_server import running_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
+
+from support import schemathesis_checks as checks  # noqa: E402
 
 SERVER_LIMITS = {"max_tokens_limit": 8, "default_max_tokens": 8}
 API_KEY = "fuzz-key"
@@ -102,19 +103,11 @@ def _asks_beam_rules(raw_body: Any) -> bool:
 
 
 def call_and_check(live, path: str, case, headers: dict[str, str] | None = None, auth=True):
-    """Send `case`, run every built-in check; a broken cross-field rule must be a 400 naming it."""
-    url, app = live
-    broken = set()
-    if auth and case.meta.generation.mode.is_positive:
-        broken = broken_cross_field_rules(app.state.ctx, path, case.body)
-    excluded = [positive_data_acceptance] if broken else []
-    response = case.call_and_validate(
-        base_url=url, headers=headers, excluded_checks=excluded, timeout=60
-    )
-    if broken:
-        assert response.status_code == 400, (case.body, response.text)
-        assert any(name in response.json()["error"] for name in broken), response.text
-    return response
+    """Every built-in check; a broken rule between fields must be a 400 whose message names it."""
+    return checks.call_and_check(
+        live, path, case, broken_cross_field_rules,
+        lambda error, broken: any(name in error["error"] for name in broken), headers, auth,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
