@@ -19,6 +19,10 @@ from gpt2serve.server.api.sse import encode_json
 from gpt2serve.server.config import ServerSettings
 
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+# After refusing, the server half-closes and discards what the client still sends for this
+# long: closing a socket with unread bytes makes the kernel send a reset, which can destroy
+# the 431 in the client's receive buffer before it reads it (nginx's "lingering close").
+LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -147,8 +151,14 @@ def _limited_protocol(base: type, limits: HttpLimits) -> type:
                 b"content-length: %d\r\nconnection: close\r\n\r\n"
                 % (status, _REASONS[status], len(body))
             )
-            if not self.transport.is_closing():
-                self.transport.write(head + body)
+            if self.transport.is_closing():
+                return
+            self.transport.write(head + body)
+            if not self.transport.can_write_eof():
                 self.transport.close()
+                return
+            # data_received drops everything from now on; the client's EOF or the timer closes.
+            self.transport.write_eof()
+            self._timer = self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     return LimitedHttpToolsProtocol
