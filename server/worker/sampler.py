@@ -40,14 +40,28 @@ class Sampler:
     ) -> SamplerOutput:
         """Sample the next token of every request (row i belongs to requests[i]).
 
-        `logits` may be modified in place: the caller does not read them afterwards.
+        Beam rows get scored continuations instead of a token (their id is -1). `logits` may be
+        modified in place: the caller does not read them afterwards.
         """
-        params = [r.sampling_params for r in requests]
         beam_rows = [i for i, r in enumerate(requests) if r.is_beam]
-        if beam_rows:  # before the sampling path below modifies `logits` in place
-            candidates = self.beam_candidates(logits[beam_rows], [requests[i] for i in beam_rows])
-            if len(beam_rows) == len(requests):  # only beams: nothing to draw
-                return SamplerOutput([-1] * len(requests), [None] * len(requests), candidates)
+        if not beam_rows:
+            return self._draw(logits, requests)
+        candidates = self.beam_candidates(logits[beam_rows], [requests[i] for i in beam_rows])
+        output = SamplerOutput([-1] * len(requests), [None] * len(requests), candidates)
+        drawn_rows = [i for i, r in enumerate(requests) if not r.is_beam]
+        if drawn_rows:  # beam search refuses logprobs, so beam rows need none from here
+            drawn = self._draw(logits[drawn_rows], [requests[i] for i in drawn_rows])
+            for j, row in enumerate(drawn_rows):
+                output.token_ids[row], output.logprobs[row] = drawn.token_ids[j], drawn.logprobs[j]
+        return output
+
+    def _draw(
+        self,
+        logits: torch.Tensor,  # [num_seqs, vocab] float32: raw model output, modified in place
+        requests: Sequence[Request],
+    ) -> SamplerOutput:
+        """One token per row through the controls, with logprobs where they were asked for."""
+        params = [r.sampling_params for r in requests]
         raw_logits = logits
         if any(p.logprobs is not None for p in params):
             logits = logits.clone()  # logprobs are reported from the unmodified distribution
@@ -68,14 +82,8 @@ class Sampler:
         )  # [num_seqs] int64
         wanted = [p.logprobs for p in params]
         if all(w is None for w in wanted):
-            output = SamplerOutput(token_ids.tolist(), [None] * len(requests))
-        else:
-            output = self._with_logprobs(raw_logits, token_ids, wanted)
-        if beam_rows:
-            output.beam_candidates = candidates
-            for row in beam_rows:
-                output.token_ids[row] = -1
-        return output
+            return SamplerOutput(token_ids.tolist(), [None] * len(requests))
+        return self._with_logprobs(raw_logits, token_ids, wanted)
 
     def beam_candidates(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt2serve.benchmarks.engine_runs import random_prompt, run_to_completion
+from gpt2serve.benchmarks.engine_runs import random_prompt, run_to_completion, tokens
 from gpt2serve.server.core.sampling_params import SamplingParams
 from gpt2serve.server.engine.engine import Engine, EngineConfig
 from support.hf_oracle import EOS
@@ -84,14 +84,16 @@ def beam_request(prompt_len: int, seed: int, width: int = 4, max_tokens: int = 1
 def test_beams_in_a_busy_preempting_batch_match_beams_alone(make_engine) -> None:
     beams = {"beams": beam_request(33, seed=1), "beams2": beam_request(20, seed=2, width=3)}
     alone = {rid: ours(make_engine, {rid: req})[rid] for rid, req in beams.items()}
-    requests = {  # sampled streams first: the beams are the newest, so preempted first
-        f"s{i}": (
-            random_prompt(30, seed=10 + i),
-            SamplingParams(max_tokens=60, temperature=1.0, seed=i, ignore_eos=True),
-        )
-        for i in range(8)
-    }
-    requests.update(beams)
+
+    def sampled() -> dict:  # sampled streams first: the beams are the newest, so preempted first
+        params = {"max_tokens": 60, "temperature": 1.0, "ignore_eos": True}
+        return {
+            f"s{i}": (random_prompt(30, seed=10 + i), SamplingParams(seed=i, **params))
+            for i in range(8)
+        }
+
+    sampled_alone = run_to_completion(make_engine(), sampled())
+    requests = sampled() | beams
     engine = make_engine(num_blocks=30, max_num_batched_tokens=24)  # chunked prefill too
     preempted: list[str] = []
     preempt = engine.scheduler._preempt
@@ -101,6 +103,8 @@ def test_beams_in_a_busy_preempting_batch_match_beams_alone(make_engine) -> None
     for rid, expected in alone.items():
         got = [(o.token_ids, o.beam_score) for o in sorted(outputs[rid], key=lambda o: o.index)]
         assert_same(got, expected)  # scores: float32 sums over other batch shapes
+    for rid, expected_outputs in sampled_alone.items():  # seeded draws beside the beams
+        assert tokens(outputs[rid]) == tokens(expected_outputs)
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_usable_blocks
 
 
