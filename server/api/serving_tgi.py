@@ -17,6 +17,7 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request as HTTPRequest
 
+from gpt2serve.model.tokenizer import IncrementalDetokenizer, Tokenizer
 from gpt2serve.server.api.errors import INTERNAL_ERROR_MESSAGE, APIError
 from gpt2serve.server.api.openai_format import token_string
 from gpt2serve.server.api.serving import ServingContext, new_request_id
@@ -158,16 +159,16 @@ class _GenerateJob:
         return {"id": token_id, "text": text, "logprob": logprob, "special": special}
 
     def _tokens(self, output: RequestOutput) -> list[tuple[dict[str, Any], list[dict]]]:
-        """Each token of a delta (one, in practice) with its top tokens. A token's text is the
+        """Each token of a delta with its top tokens. A token's text is its share of the
         delta's text, detokenized incrementally (as TGI's), so the texts add up to the answer."""
         entries = output.logprobs or [None] * len(output.token_ids)
+        texts = split_text(self.ctx.tokenizer, output.token_ids, output.text)
         result = []
-        for i, (token_id, entry) in enumerate(zip(output.token_ids, entries, strict=True)):
+        for token_id, entry, text in zip(output.token_ids, entries, texts, strict=True):
             top = [] if entry is None else entry.top[: self.num_top]
             top_tokens = [self._token(t, self._decode(t), lp) for t, lp in top]
             logprob = None if entry is None else entry.logprob
-            token = self._token(token_id, output.text if i == 0 else "", logprob)
-            result.append((token, top_tokens))
+            result.append((self._token(token_id, text, logprob), top_tokens))
         return result
 
     def _decode(self, token_id: int) -> str:
@@ -253,6 +254,23 @@ class _GenerateJob:
                 details = self._end_details(output)
                 event["details"] = {**details, "input_length": len(self.request.prompt_token_ids)}
         return event
+
+
+def split_text(tokenizer: Tokenizer, token_ids: list[int], text: str) -> list[str]:
+    """`text` (the delta's, after stop-string cuts) shared out over its tokens: a beam search
+    delivers its whole answer as one delta, and each token still gets its own text."""
+    if len(token_ids) == 1:
+        return [text]
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    pieces = [detokenizer.add(t) for t in token_ids]
+    pieces[-1] += detokenizer.flush()
+    texts, rest = [], text
+    for piece in pieces:  # a stop string cut the text short: later tokens get what is left
+        share = piece if rest.startswith(piece) else rest
+        texts.append(share)
+        rest = rest[len(share) :]
+    texts[-1] += rest
+    return texts
 
 
 async def _guarded_events(

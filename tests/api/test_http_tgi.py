@@ -397,7 +397,7 @@ def test_post_root_needs_the_key_though_the_playground_opens_get_root(eos_server
     assert keyed.status_code == 200
 
 
-def test_num_beams_on_generate_is_the_openai_beam_search_best_sequence(server) -> None:
+def test_num_beams_on_generate_is_the_openai_beam_search_best_sequence(server, tokenizer) -> None:
     body = {"prompt": PROMPT, "max_tokens": 8, "use_beam_search": True, "best_of": 4, "n": 1,
             "length_penalty": 0.5}  # fmt: skip
     best = httpx.post(f"{server[0]}/v1/completions", json=body, timeout=60).json()["choices"][0]
@@ -408,6 +408,9 @@ def test_num_beams_on_generate_is_the_openai_beam_search_best_sequence(server) -
     assert details["generated_tokens"] == len(details["tokens"]) == 8
     assert all(t["logprob"] is None for t in details["tokens"])  # beams have no token logprobs
     assert "".join(t["text"] for t in details["tokens"]) == best["text"]
+    whole_chars = [t for t in details["tokens"] if "\ufffd" not in tokenizer.decode([t["id"]])]
+    assert len(whole_chars) > 1  # each token has its own text, not the first all of it
+    assert all(t["text"] == tokenizer.decode([t["id"]]) for t in whole_chars)
 
 
 def test_streamed_beam_search_sends_its_tokens_at_the_end_in_order(server) -> None:
