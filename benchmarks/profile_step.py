@@ -7,8 +7,9 @@
 
 Every module is timed by forward hooks on a wall clock (CPU work is synchronous): the four
 linears of a block by name, attention without its linears, the layer norms, the lm_head, the
-sampler; "other" is the rest of the step (embeddings, GELU, residual adds, the scheduler and
-Python between ops).
+sampler; "other" is the rest of the step (embeddings, the scheduler, Python between ops, and
+GELU and residual adds where they are not fused: on the CPU's packed path `mlp.c_fc` includes
+its GELU, and `attn.c_proj` / `mlp.c_proj` their residual adds).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from gpt2serve import kernels
+from gpt2serve.model.cpu_linear import linear_add
 
 
 @dataclass
@@ -38,8 +39,10 @@ class PagedSelfAttention(nn.Module):
         hidden: torch.Tensor,  # [num_tokens, n_embd]
         kv_cache: torch.Tensor,  # [2, num_blocks, block_size, n_head, head_dim]
         metadata: AttentionMetadata,
+        residual: torch.Tensor,  # [num_tokens, n_embd]
     ) -> torch.Tensor:  # [num_tokens, n_embd]
-        """Write this step's K/V into the cache, then attend over each sequence's pages."""
+        """Write this step's K/V into the cache, attend over each sequence's pages; `residual`
+        plus the projected result (the add fused into the projection on CPU)."""
         num_tokens = hidden.shape[0]
         qkv = self.c_attn(hidden)  # [num_tokens, 3 * n_embd]
         query, key, value = qkv.view(num_tokens, 3, self.n_head, self.head_dim).unbind(1)
@@ -56,7 +59,7 @@ class PagedSelfAttention(nn.Module):
             metadata.max_seq_len,
             self.scale,
         )  # [num_tokens, n_head, head_dim]
-        return self.c_proj(out.reshape(num_tokens, -1))
+        return linear_add(self.c_proj, out.reshape(num_tokens, -1), residual)
 
 
 def build_attention_metadata(

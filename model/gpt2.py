@@ -8,7 +8,12 @@ from torch import nn
 
 from gpt2serve.model.attention import AttentionMetadata, PagedSelfAttention
 from gpt2serve.model.config import GPT2Config
-from gpt2serve.model.cpu_linear import PACKED_FROM_ROWS, CpuVocabProjection
+from gpt2serve.model.cpu_linear import (
+    PACKED_FROM_ROWS,
+    CpuVocabProjection,
+    linear_add,
+    linear_gelu,
+)
 
 
 class GPT2MLP(nn.Module):
@@ -19,9 +24,13 @@ class GPT2MLP(nn.Module):
         self.c_fc = nn.Linear(n_embd, 4 * n_embd)
         self.c_proj = nn.Linear(4 * n_embd, n_embd)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [num_tokens, n_embd]
-        """Apply the MLP."""
-        return self.c_proj(F.gelu(self.c_fc(hidden), approximate="tanh"))
+    def forward(
+        self,
+        hidden: torch.Tensor,  # [num_tokens, n_embd]
+        residual: torch.Tensor,  # [num_tokens, n_embd]
+    ) -> torch.Tensor:  # [num_tokens, n_embd]
+        """`residual` plus the MLP of `hidden` (fused epilogues on CPU)."""
+        return linear_add(self.c_proj, linear_gelu(self.c_fc, hidden), residual)
 
 
 class GPT2Block(nn.Module):
@@ -42,8 +51,8 @@ class GPT2Block(nn.Module):
         metadata: AttentionMetadata,
     ) -> torch.Tensor:  # [num_tokens, n_embd]
         """Attention and MLP, each with a residual connection."""
-        hidden = hidden + self.attn(self.ln_1(hidden), kv_cache, metadata)
-        return hidden + self.mlp(self.ln_2(hidden))
+        hidden = self.attn(self.ln_1(hidden), kv_cache, metadata, residual=hidden)
+        return self.mlp(self.ln_2(hidden), residual=hidden)
 
 
 class GPT2Transformer(nn.Module):

@@ -71,3 +71,55 @@ def test_the_lm_head_layouts_are_made_at_start_up() -> None:
         torch.testing.assert_close(model.compute_logits(hidden), expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(model.compute_logits(hidden[:1]), expected[:1], atol=1e-4,
                                    rtol=1e-4)  # fmt: skip
+
+
+def _cpu_linear(dtype: torch.dtype, seed: int = 0) -> cpu_linear.CpuLinear:
+    torch.manual_seed(seed)
+    return cpu_linear.CpuLinear(torch.nn.Linear(40, 48).to(dtype))
+
+
+@needs_packed
+@pytest.mark.parametrize("rows", [1, 3, 4, 17, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_gelu_and_residual_add_match_the_unfused_ops(rows: int, dtype: torch.dtype) -> None:
+    linear = _cpu_linear(dtype, rows)
+    x, residual = torch.randn(rows, 40).to(dtype), torch.randn(rows, 48).to(dtype)
+    plain = F.linear(x.float(), linear.weight.float(), linear.bias.float())  # [rows, 48]
+    gelu = F.gelu(plain, approximate="tanh")
+    tolerance = 1e-5 if dtype == torch.float32 else 5e-2
+    with torch.no_grad():
+        cases = [
+            (cpu_linear.linear_gelu(linear, x), gelu),
+            (cpu_linear.linear_add(linear, x, residual), residual.float() + plain),
+            (linear(x, gelu=True, residual=residual), residual.float() + gelu),
+        ]
+    for out, expected in cases:
+        assert out.shape == (rows, 48) and out.dtype == dtype
+        torch.testing.assert_close(out.float(), expected, atol=tolerance, rtol=tolerance)
+
+
+def test_plain_linears_get_the_same_epilogues() -> None:
+    """On a GPU (no CpuLinear) the helpers are the plain ops, in the same order as before."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(40, 48)
+    x, residual = torch.randn(5, 40), torch.randn(5, 48)
+    with torch.no_grad():
+        expected_gelu = F.gelu(linear(x), approximate="tanh")
+        expected_add = residual + linear(x)
+        assert torch.equal(cpu_linear.linear_gelu(linear, x), expected_gelu)
+        assert torch.equal(cpu_linear.linear_add(linear, x, residual), expected_add)
+
+
+@needs_packed
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rows_do_not_depend_on_how_many_rows_come_with_them(dtype: torch.dtype) -> None:
+    linear = _cpu_linear(dtype)
+    x, residual = torch.randn(16, 40).to(dtype), torch.randn(16, 48).to(dtype)
+    with torch.no_grad():
+        for fused in (
+            lambda n: cpu_linear.linear_gelu(linear, x[:n]),
+            lambda n: cpu_linear.linear_add(linear, x[:n], residual[:n]),
+        ):
+            together = fused(16)
+            for n in range(1 if dtype == torch.bfloat16 else 4, 16):
+                assert torch.equal(fused(n)[0], together[0])
