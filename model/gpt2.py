@@ -14,6 +14,7 @@ from gpt2serve.model.cpu_linear import (
     linear_add,
     linear_gelu,
 )
+from gpt2serve.model.layer_norm import LayerNorm
 
 
 class GPT2MLP(nn.Module):
@@ -39,9 +40,9 @@ class GPT2Block(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         eps = config.layer_norm_epsilon
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=eps)
+        self.ln_1 = LayerNorm(config.n_embd, eps=eps)
         self.attn = PagedSelfAttention(config.n_embd, config.n_head)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=eps)
+        self.ln_2 = LayerNorm(config.n_embd, eps=eps)
         self.mlp = GPT2MLP(config.n_embd)
 
     def forward(
@@ -63,7 +64,7 @@ class GPT2Transformer(nn.Module):
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList(GPT2Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
 
 class GPT2LMHeadModel(nn.Module):

@@ -127,6 +127,26 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
+# How long (libgomp spin iterations, ~0.2 ms here) an idle compute thread waits for the next
+# parallel region before it sleeps. Sleeping at once (OMP_WAIT_POLICY=PASSIVE, the default until
+# 2026-12-02) cost ~80 us to wake a thread for each of a step's ~100 regions on a VM; libgomp's
+# own default (300,000, ~3 ms) spins through the gaps the HTTP side needs on a small machine.
+# docs/BENCHMARKS.md 2026-12-02: +4-9% streamed tokens at 1, 16 and 64 streams against PASSIVE.
+GOMP_SPINCOUNT = "20000"
+
+
+def set_openmp_wait(environ: dict[str, str] | os._Environ) -> None:
+    """Bounded spinning for torch's OpenMP threads, unless the user chose a wait policy.
+
+    libgomp (Linux wheels) reads GOMP_SPINCOUNT; LLVM/Intel OpenMP read KMP_BLOCKTIME, where 0
+    (sleep at once) keeps them from their 200 ms default spin.
+    """
+    names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+    if not any(name in environ for name in names):
+        environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+        environ["KMP_BLOCKTIME"] = "0"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `gpt2serve` command."""
     try:
@@ -136,10 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # Before torch loads OpenMP: idle compute threads sleep instead of spinning, so on a CPU
-    # they share every core with the HTTP side (docs/BENCHMARKS.md: 1.3x at 16 streams on 2
-    # cores against one dedicated core). A user's own setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    set_openmp_wait(os.environ)  # before torch loads OpenMP
     try:
         server, guard = build_server(settings)
     except Exception as exc:

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from gpt2serve.server.cli import build_parser, main, parse_settings
+from gpt2serve.server.cli import build_parser, main, parse_settings, set_openmp_wait
 from support.http_server import free_port
 
 # field: (flag value, parsed flag value, env value, parsed env value)
@@ -205,3 +205,29 @@ def test_startup_logs_model_then_cache_then_url_once_ready() -> None:
     loaded = position("loaded random:tiny (2 layers")
     cache = position("KV cache: 63 blocks x 16 tokens = 1008 tokens")
     assert loaded < cache < position(url_line)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, {"GOMP_SPINCOUNT": "20000", "KMP_BLOCKTIME": "0"}),  # bounded spin, then sleep
+        ({"OMP_WAIT_POLICY": "PASSIVE"}, {"OMP_WAIT_POLICY": "PASSIVE"}),  # the user's wins
+        ({"GOMP_SPINCOUNT": "0"}, {"GOMP_SPINCOUNT": "0"}),
+        ({"KMP_BLOCKTIME": "200"}, {"KMP_BLOCKTIME": "200"}),
+    ],
+)
+def test_openmp_threads_spin_briefly_unless_the_user_chose(environ, expected) -> None:
+    set_openmp_wait(environ)
+    assert environ == expected
+
+
+def test_the_server_process_starts_with_the_openmp_wait_set() -> None:
+    code = ("import os, sys\nfrom gpt2serve.server import cli\n"
+            "def stop(settings):\n"
+            "    print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)\n"
+            "    raise SystemExit(0)\n"
+            "cli.build_server = stop\ncli.main(['--model', 'random:tiny'])")  # fmt: skip
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.split() == ["20000", "False"], done.stderr  # set before torch loads

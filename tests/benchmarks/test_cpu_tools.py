@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt2serve.benchmarks import dtype_agreement, fused_epilogues, profile_step, vs_vllm_cpu
+from gpt2serve.benchmarks import cpu_step_ab, dtype_agreement, profile_step, vs_vllm_cpu
 from gpt2serve.kernels import reference
 from gpt2serve.model import cpu_linear
+from gpt2serve.model.layer_norm import LayerNorm
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 
@@ -36,15 +37,18 @@ def test_profile_step_prefill_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "prefill of 40" in capsys.readouterr().out
 
 
-def test_fused_epilogues_ab_prints_both_variants(capsys: pytest.CaptureFixture[str]) -> None:
-    fused_forward = cpu_linear.CpuLinear.forward
-    args = ["--model", "random:tiny", "--dtypes", "float32", "--batches", "5", "--context", "20",
-            "--steps", "2", "--rounds", "1", "--threads", "1"]  # fmt: skip
-    fused_epilogues.main(args)
+@pytest.mark.parametrize("change", sorted(cpu_step_ab.BEFORE))
+def test_cpu_step_ab_prints_both_variants_and_restores_the_model(
+    change: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forwards = (cpu_linear.CpuLinear.forward, LayerNorm.forward)
+    args = ["--change", change, "--model", "random:tiny", "--dtypes", "float32", "--batches", "5",
+            "--context", "20", "--steps", "2", "--rounds", "1", "--threads", "1"]  # fmt: skip
+    cpu_step_ab.main(args)
     row = re.search(r"^\| float32 \| 5 \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \|$",
                     capsys.readouterr().out, flags=re.M)  # fmt: skip
     assert row and float(row[1]) > 0 and float(row[2]) > 0
-    assert cpu_linear.CpuLinear.forward is fused_forward  # the A/B put the fused route back
+    assert (cpu_linear.CpuLinear.forward, LayerNorm.forward) == forwards  # the new route is back
 
 
 def test_agreement_counts() -> None:
