@@ -111,15 +111,16 @@ def test_plain_linears_get_the_same_epilogues() -> None:
 
 
 @needs_packed
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_rows_do_not_depend_on_how_many_rows_come_with_them(dtype: torch.dtype) -> None:
-    linear = _cpu_linear(dtype)
-    x, residual = torch.randn(16, 40).to(dtype), torch.randn(16, 48).to(dtype)
+def test_fused_rows_do_not_depend_on_how_many_rows_come_with_them() -> None:
+    """fp32 from 4 rows, as the unfused route promises (the engine's batch invariance); bf16
+    kernels differ by CPU (AMX, AVX512-BF16 or neither), so no bit-level promise there."""
+    linear = _cpu_linear(torch.float32)
+    x, residual = torch.randn(16, 40), torch.randn(16, 48)
     with torch.no_grad():
         for fused in (
             lambda n: cpu_linear.linear_gelu(linear, x[:n]),
             lambda n: cpu_linear.linear_add(linear, x[:n], residual[:n]),
         ):
             together = fused(16)
-            for n in range(1 if dtype == torch.bfloat16 else 4, 16):
+            for n in range(cpu_linear.PACKED_FROM_ROWS, 16):
                 assert torch.equal(fused(n)[0], together[0])
