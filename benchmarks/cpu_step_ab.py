@@ -20,7 +20,6 @@ import statistics
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gpt2serve.benchmarks.profile_step import build, run_steps
@@ -39,9 +38,7 @@ def unfused_epilogues() -> Iterator[None]:
         gelu: bool = False,
         residual: torch.Tensor | None = None,  # [rows, out_features]
     ) -> torch.Tensor:  # [rows, out_features]
-        out = fused_forward(self, x)
-        out = F.gelu(out, approximate="tanh") if gelu else out
-        return out if residual is None else residual + out
+        return cpu_linear.unfused_epilogues(fused_forward(self, x), gelu, residual)
 
     cpu_linear.CpuLinear.forward = forward
     try:

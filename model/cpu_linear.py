@@ -112,17 +112,25 @@ class CpuLinear(nn.Module):
     ) -> torch.Tensor:  # [rows, out_features]
         """`[residual +] [gelu](x @ W.T + b)`, the epilogue inside oneDNN on the packed path."""
         if not self.runs_packed(x):
-            out = F.linear(x, self.weight, self.bias)
-            out = F.gelu(out, approximate="tanh") if gelu else out
-            return out if residual is None else residual + out
+            return unfused_epilogues(F.linear(x, self.weight, self.bias), gelu, residual)
         if residual is not None and not gelu:
             return linear_packed_add(x, self._packed, self.bias, residual)
         out = linear_packed(x, self._packed, self.bias, "gelu" if gelu else "none")
-        return out if residual is None else residual + out
+        return unfused_epilogues(out, False, residual)
 
     def runs_packed(self, x: torch.Tensor) -> bool:
         """Whether `x` goes through the packed oneDNN weight (serving, enough rows or bf16)."""
         return not torch.is_grad_enabled() and uses_packed(x)
+
+
+def unfused_epilogues(
+    out: torch.Tensor,  # [rows, out_features]: a linear's result
+    gelu: bool,
+    residual: torch.Tensor | None,  # [rows, out_features]
+) -> torch.Tensor:  # [rows, out_features]
+    """`[residual +] [gelu](out)` as separate torch ops, where oneDNN does not fuse them."""
+    out = F.gelu(out, approximate="tanh") if gelu else out
+    return out if residual is None else residual + out
 
 
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:  # [rows, out_features]
@@ -130,7 +138,7 @@ def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:  # [rows, o
     where the separate GELU pass over the [rows, 4 * n_embd] activations cost ~7% of a step."""
     if isinstance(linear, CpuLinear):
         return linear(x, gelu=True)
-    return F.gelu(linear(x), approximate="tanh")
+    return unfused_epilogues(linear(x), True, None)
 
 
 def linear_add(
@@ -141,7 +149,7 @@ def linear_add(
     """`residual + linear(x)`, the add fused into the oneDNN call on the packed path."""
     if isinstance(linear, CpuLinear):
         return linear(x, residual=residual)
-    return residual + linear(x)
+    return unfused_epilogues(linear(x), False, residual)
 
 
 def optimize_for_cpu(model: nn.Module) -> int:

@@ -27,8 +27,6 @@ from gpt2serve.server.api.serving_completions import engine_prompt_logprobs
 from gpt2serve.server.config import ServerSettings
 from gpt2serve.server.core.sampling_params import SamplingParamsError
 from gpt2serve.server.core.structured_output import GrammarError
-from gpt2serve.server.engine.engine import Engine, EngineConfig
-from support.http_server import running_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -71,15 +69,13 @@ sent: Counter[str] = Counter()
 
 @pytest.fixture(scope="module")
 def live(tiny_model, tokenizer):
-    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=256, max_num_seqs=16))
-    with running_server(engine, **SERVER_LIMITS) as (url, app):
-        yield url, app
+    with checks.fuzzed_server(tiny_model, tokenizer, SERVER_LIMITS) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def api(live):
-    url, _ = live
-    return schemathesis.openapi.from_dict(httpx.get(f"{url}/openapi.json").json())
+    return checks.served_schema(live[0])
 
 
 def _prompt_tokens(ctx: Any, body: CompletionRequest | ChatCompletionRequest) -> list[list[int]]:
@@ -251,9 +247,8 @@ def test_coverage_phase(live, api, method: str, path: str) -> None:
 
 @pytest.fixture(scope="module")
 def keyed(tiny_model, tokenizer):
-    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64, max_num_seqs=4))
-    with running_server(engine, api_key=API_KEY, **SERVER_LIMITS) as (url, app):
-        yield url, app
+    with checks.fuzzed_server(tiny_model, tokenizer, SERVER_LIMITS, api_key=API_KEY) as served:
+        yield served
 
 
 @pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])

@@ -15,8 +15,6 @@ from pydantic import ValidationError
 from gpt2serve.server.api.errors import APIError
 from gpt2serve.server.api.tgi_protocol import TGIParameters, TGIRequest
 from gpt2serve.server.core.structured_output import GrammarError
-from gpt2serve.server.engine.engine import Engine, EngineConfig
-from support.http_server import running_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -41,14 +39,13 @@ SETTINGS = {"deadline": None, "derandomize": True, "database": None,
 
 @pytest.fixture(scope="module")
 def live(tiny_model, tokenizer):
-    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=256, max_num_seqs=16))
-    with running_server(engine, **SERVER_LIMITS) as (url, app):
-        yield url, app
+    with checks.fuzzed_server(tiny_model, tokenizer, SERVER_LIMITS) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def api(live):
-    return schemathesis.openapi.from_dict(httpx.get(f"{live[0]}/openapi.json").json())
+    return checks.served_schema(live[0])
 
 
 def broken_cross_field_rules(ctx: Any, path: str, raw_body: Any) -> set[str]:
@@ -153,9 +150,8 @@ def test_coverage_phase(live, api, path: str) -> None:
 
 @pytest.fixture(scope="module")
 def keyed(tiny_model, tokenizer):
-    engine = Engine(tiny_model, tokenizer, EngineConfig(num_blocks=64, max_num_seqs=4))
-    with running_server(engine, api_key=API_KEY, **SERVER_LIMITS) as (url, app):
-        yield url, app
+    with checks.fuzzed_server(tiny_model, tokenizer, SERVER_LIMITS, api_key=API_KEY) as served:
+        yield served
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -6,10 +6,16 @@ refused with a 400 that names the rule's field, instead of accepted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import httpx
+import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from gpt2serve.server.engine.engine import Engine, EngineConfig
+from support.http_server import running_server
 
 BrokenRules = Callable[[Any, str, Any], set[str]]  # (ServingContext, path, body) -> fields
 NamesField = Callable[[Any, set[str]], bool]  # (error response JSON, fields) -> named one?
@@ -38,3 +44,23 @@ def call_and_check(
         assert response.status_code == 400, (case.body, response.text)
         assert names_field(response.json(), broken), (case.body, response.text)
     return response
+
+
+@contextlib.contextmanager
+def fuzzed_server(
+    model: Any, tokenizer: Any, limits: dict[str, Any], api_key: str | None = None
+) -> Iterator[tuple[str, Any]]:
+    """(url, app) of a live server to fuzz: room for 16 sequences, or 4 behind an API key
+    (only the key check is fuzzed there)."""
+    config = (
+        EngineConfig(num_blocks=64, max_num_seqs=4)
+        if api_key
+        else EngineConfig(num_blocks=256, max_num_seqs=16)
+    )
+    with running_server(Engine(model, tokenizer, config), api_key=api_key, **limits) as live:
+        yield live
+
+
+def served_schema(url: str) -> Any:
+    """The schemathesis schema of the OpenAPI document the server at `url` serves."""
+    return schemathesis.openapi.from_dict(httpx.get(f"{url}/openapi.json").json())
